@@ -449,11 +449,18 @@ pub(crate) mod check {
 
     /// A decimal with at most `decimals` places, as an integer count of
     /// 10^-decimals units, or None if it has more places.
+    ///
+    /// The slack only absorbs binary floating-point error (a decimal read
+    /// from JSON and scaled is off by a few ulps, ~1e-16 relative), so
+    /// `10.000001` is not taken for `10`.
     pub fn fixed_point(value: f64, decimals: i32) -> Option<u64> {
         let scale = 10f64.powi(decimals);
         let scaled = value * scale;
         let rounded = scaled.round();
-        if !value.is_finite() || value < 0.0 || (scaled - rounded).abs() > 1e-6 * scale.max(1.0) {
+        if !value.is_finite()
+            || value < 0.0
+            || (scaled - rounded).abs() > 1e-12 * scaled.abs().max(1.0)
+        {
             return None;
         }
         // Range-checked by the callers before use; saturating cast.

@@ -311,23 +311,37 @@ impl StreamLimitState {
         u32::try_from(self.tokens / TOKEN).unwrap_or(u32::MAX)
     }
 
-    /// Adds the tokens earned since the last refill. A clock that goes
-    /// backwards adds nothing.
+    /// Adds the tokens earned since the last refill.
+    ///
+    /// A clock that goes backwards (the host clock is the wall clock, which
+    /// NTP or an operator may step back; a stored state may also carry a
+    /// time from a host with a wrong clock) adds nothing, and the refill
+    /// restarts from `now`: waiting for the clock to catch up with the
+    /// stored time instead would freeze an empty bucket for as long as the
+    /// step (forever for a time far in the future). Workers that read the
+    /// clock a moment apart and update the shared state out of order see a
+    /// step back of microseconds; restarting from the earlier reading grants
+    /// at most that much extra refill.
     fn refill(&mut self, policy: &StreamLimitPolicy, now_nanos: u64) {
         let cap = capacity(policy);
         if self.tokens >= cap {
             self.tokens = cap;
             self.carry = 0;
-            self.last_nanos = self.last_nanos.max(now_nanos);
+            self.last_nanos = now_nanos;
             return;
         }
         let Some(elapsed) = now_nanos.checked_sub(self.last_nanos) else {
+            self.last_nanos = now_nanos;
             return;
         };
         // elapsed ns × rate_milli (10^-3 tokens/s) = 10^-12 tokens... scaled to
         // femto-tokens (10^-15): × 1000. Micro-token = 10^9 femto-tokens.
-        let femto =
-            u128::from(elapsed) * u128::from(policy.rate_milli) * 1000 + u128::from(self.carry);
+        // Saturating: a validated rate (≤ 10^9) cannot overflow even after
+        // u64::MAX ns, but the policy's fields are public.
+        let femto = u128::from(elapsed)
+            .saturating_mul(u128::from(policy.rate_milli))
+            .saturating_mul(1000)
+            .saturating_add(u128::from(self.carry));
         let micro = femto / u128::from(CARRY_PER_MICRO);
         let carry = femto % u128::from(CARRY_PER_MICRO);
         let added = u64::try_from(micro).unwrap_or(u64::MAX);
@@ -344,10 +358,9 @@ impl StreamLimitState {
 
     /// Nanoseconds until the bucket holds `target` micro-tokens.
     fn nanos_until(&self, policy: &StreamLimitPolicy, target: u64) -> u128 {
-        let missing_femto = u128::from(target.saturating_sub(self.tokens))
-            * u128::from(CARRY_PER_MICRO)
-            - u128::from(self.carry)
-                .min(u128::from(target.saturating_sub(self.tokens)) * u128::from(CARRY_PER_MICRO));
+        let missing_femto = (u128::from(target.saturating_sub(self.tokens))
+            * u128::from(CARRY_PER_MICRO))
+        .saturating_sub(u128::from(self.carry));
         let per_nano = u128::from(policy.rate_milli.max(1)) * 1000;
         missing_femto.div_ceil(per_nano)
     }

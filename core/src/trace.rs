@@ -360,7 +360,8 @@ pub fn uuid_v4(random: &mut impl FnMut(&mut [u8])) -> String {
 ///
 /// - A valid `traceparent` is continued: same trace id, a new parent-id (this
 ///   hop's span id), the sampled flag kept, other flags dropped (version 00).
-///   A valid `tracestate` is left as it is; an invalid one is removed.
+///   A valid `tracestate` is left as it is; an invalid one, or one without
+///   list-members, is removed.
 /// - A present but invalid `traceparent` starts a new trace (`InvalidParent`)
 ///   and removes `tracestate`.
 /// - With `b3.accept` and no valid `traceparent`, B3 (single, else multi) is
@@ -405,7 +406,9 @@ pub fn decide<'a>(
     let (outcome, trace_id, sampled, b3_sampling, b3_parent) = match parsed {
         Some(Ok(parent)) => {
             if let Some(state) = request.header(TRACESTATE) {
-                if parse_tracestate(state).is_err() {
+                // Invalid: dropped. Empty (no list-members): accepted, but
+                // not sent on ("vendors SHOULD avoid sending them").
+                if parse_tracestate(state).map_or(true, |s| s.is_empty()) {
                     remove_headers.push(TRACESTATE);
                 }
             }

@@ -321,7 +321,7 @@ fn value_match(
             if vs.is_empty() || vs.len() > MAX_VALUES {
                 problems.push(
                     format!("{field}.in"),
-                    format!("must list 1..={MAX_VALUES} values"),
+                    format!("must list 1..={MAX_VALUES} values, found {}", vs.len()),
                 );
             }
             for (i, v) in vs.iter().enumerate() {
@@ -413,7 +413,10 @@ impl ReleasePolicy {
                     if tenants.is_empty() || tenants.len() > MAX_VALUES {
                         problems.push(
                             format!("{field}.tenants"),
-                            format!("must list 1..={MAX_VALUES} tenants"),
+                            format!(
+                                "must list 1..={MAX_VALUES} tenants, found {}",
+                                tenants.len()
+                            ),
                         );
                     }
                     for (j, t) in tenants.iter().enumerate() {

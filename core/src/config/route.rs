@@ -216,6 +216,57 @@ mod tests {
     }
 
     #[test]
+    fn route_match_table() {
+        let mut problems = Problems::default();
+        let m = RouteMatch::from_raw(
+            RawRouteMatch {
+                hosts: vec!["*.example.com".into(), "API.test".into()],
+                path_prefixes: vec!["/push".into(), "/v1/".into()],
+            },
+            &mut problems,
+        );
+        assert!(problems.is_empty());
+        /// (authority, host, path, matches)
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, bool);
+        let cases: Vec<Case> = vec![
+            (Some("a.example.com"), None, Some("/push"), true),
+            (Some("A.Example.COM:8443"), None, Some("/push?x=1"), true),
+            (Some("deep.a.example.com"), None, Some("/pushy"), true),
+            (Some("example.com"), None, Some("/push"), false),
+            (Some("a.example.com.evil.test"), None, Some("/push"), false),
+            (Some("aexample.com"), None, Some("/push"), false),
+            (Some("api.test:80"), None, Some("/v1/x"), true),
+            (Some("api.test"), None, Some("/v1"), false),
+            (Some("api.test"), None, Some("/PUSH"), false),
+            (None, Some("api.test"), Some("/push"), true),
+            // :authority wins over host
+            (Some("other.test"), Some("api.test"), Some("/push"), false),
+            (None, None, Some("/push"), false),
+            (Some("api.test"), None, None, false),
+            (Some("[::1]:80"), None, Some("/push"), false),
+            (Some("\u{e9}.example.com"), None, Some("/push"), true),
+            (Some("\u{e9}"), None, Some("/push"), false),
+        ];
+        for (authority, host, path, expected) in cases {
+            let mut req = HeaderList::default();
+            if let Some(a) = authority {
+                req = req.with(":authority", a);
+            }
+            if let Some(h) = host {
+                req = req.with("host", h);
+            }
+            if let Some(p) = path {
+                req = req.with(":path", p);
+            }
+            assert_eq!(m.matches(&req), expected, "{authority:?} {host:?} {path:?}");
+        }
+        // the defaults match everything, with or without a host or path
+        let any = RouteMatch::default();
+        assert!(any.matches(&HeaderList::default()));
+        assert!(any.matches(&HeaderList::default().with(":path", "/x")));
+    }
+
+    #[test]
     fn bad_patterns_are_reported() {
         let mut problems = Problems::default();
         RouteMatch::from_raw(

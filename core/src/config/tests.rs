@@ -569,3 +569,55 @@ fn schemas_describe_the_raw_types() {
     assert!(schema::bootstrap()["properties"]["controlPlane"].is_object());
     assert!(schema::document().get("anyOf").is_some());
 }
+
+#[test]
+fn fixed_point_accepts_every_decimal_and_nothing_finer() {
+    // Every 2-decimal percent and every 3-decimal rate, read from JSON text
+    // as the parser reads it, comes out exact.
+    for bp in 0..=10_000u64 {
+        let text = format!("{}.{:02}", bp / 100, bp % 100);
+        let value: f64 = serde_json::from_str(&text).unwrap();
+        assert_eq!(check::fixed_point(value, 2), Some(bp), "{text}");
+    }
+    for milli in (1..=2_000_000u64).chain((0..2_000u64).map(|i| 1_000_000_000 - i * 7_777)) {
+        let text = format!("{}.{:03}", milli / 1000, milli % 1000);
+        let value: f64 = serde_json::from_str(&text).unwrap();
+        assert_eq!(check::fixed_point(value, 3), Some(milli), "{text}");
+    }
+    for (value, decimals) in [
+        (10.000001, 2),
+        (12.345, 2),
+        (0.001, 2),
+        (99.999, 2),
+        (0.0001, 3),
+        (2.0005, 3),
+        (999_999.999_5, 3),
+        (-1.0, 2),
+        (f64::NAN, 2),
+        (f64::INFINITY, 3),
+    ] {
+        assert_eq!(check::fixed_point(value, decimals), None, "{value}");
+    }
+    let e = err(
+        Kind::Release,
+        "fine",
+        json!({ "groups": ["a"], "defaultGroup": "a",
+                "rules": [ { "type": "percent", "percent": 10.000001, "by": { "source": "traceId" }, "group": "a" } ] }),
+    );
+    assert_eq!(
+        e.to_string(),
+        "release policy 'fine': rules[0].percent: 10.000001 has more than 2 decimals"
+    );
+    let e = err(
+        Kind::Release,
+        "lists",
+        json!({ "groups": ["a"], "defaultGroup": "a",
+                "rules": [ { "type": "header", "name": "x", "in": [], "group": "a" },
+                           { "type": "tenant", "header": "x", "tenants": [], "group": "a" } ] }),
+    );
+    assert_eq!(
+        e.to_string(),
+        "release policy 'lists': 2 problems: rules[0].in: must list 1..=1024 values, found 0; \
+         rules[1].tenants: must list 1..=1024 tenants, found 0"
+    );
+}

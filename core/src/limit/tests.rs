@@ -302,15 +302,121 @@ fn concurrency_cap_until_finish() {
 }
 
 #[test]
-fn clock_going_backwards_adds_nothing() {
+fn clock_going_backwards_adds_nothing_and_refills_from_now() {
     let p = tenant_policy();
     let mut s = StreamLimitState::new(&p, 10 * SEC);
     for _ in 0..5 {
         assert!(admitted(&s.admit(&p, 10 * SEC)));
     }
-    assert!(!admitted(&s.admit(&p, 5 * SEC)));
-    assert!(!admitted(&s.admit(&p, 10 * SEC + 199 * MS)));
-    assert!(admitted(&s.admit(&p, 10 * SEC + 200 * MS)));
+    // The wall clock is stepped back 5 s: no tokens appear, and the refusal
+    // tells the truth about the wait measured on the clock as it now reads.
+    let Admission::Refused(r) = s.admit(&p, 5 * SEC) else {
+        panic!("a step back admitted a stream")
+    };
+    assert_eq!(
+        (r.reason, r.retry_after_secs, r.reset_secs),
+        (RefusalReason::Rate, 1, 1)
+    );
+    assert!(!admitted(&s.admit(&p, 5 * SEC + 199 * MS)));
+    // 200 ms after the step, not 200 ms after the old (now future) time
+    assert!(admitted(&s.admit(&p, 5 * SEC + 200 * MS)));
+    assert!(!admitted(&s.admit(&p, 5 * SEC + 200 * MS)));
+    // a small step back while tokens remain: nothing gained, nothing lost
+    let mut s = StreamLimitState::new(&p, 10 * SEC);
+    for _ in 0..4 {
+        assert!(admitted(&s.admit(&p, 10 * SEC)));
+    }
+    assert_eq!(
+        s.admit(&p, 10 * SEC - MS),
+        Admission::Admitted { remaining: 0 }
+    );
+    assert!(!admitted(&s.admit(&p, 10 * SEC - MS + 199 * MS)));
+    assert!(admitted(&s.admit(&p, 10 * SEC - MS + 200 * MS)));
+}
+
+#[test]
+fn a_stored_time_far_in_the_future_does_not_freeze_the_bucket() {
+    // A state written with a wrong clock (or a full bucket seen at a
+    // future time) must not block the key until that time comes.
+    let p = tenant_policy();
+    let mut s = StreamLimitState::new(&p, u64::MAX - SEC);
+    assert!(admitted(&s.admit(&p, u64::MAX - SEC)));
+    let mut s = StreamLimitState::decode(&s.encode()).unwrap();
+    let now = 1_000 * SEC;
+    for _ in 0..4 {
+        assert!(admitted(&s.admit(&p, now)));
+    }
+    assert!(!admitted(&s.admit(&p, now)));
+    assert!(admitted(&s.admit(&p, now + 200 * MS)));
+}
+
+#[test]
+fn long_idle_and_extreme_values_do_not_overflow() {
+    let p = tenant_policy();
+    // idle from 0 to the end of time: refills to the burst exactly
+    let mut s = StreamLimitState::new(&p, 0);
+    for _ in 0..5 {
+        assert!(admitted(&s.admit(&p, 0)));
+    }
+    assert_eq!(s.admit(&p, u64::MAX), Admission::Admitted { remaining: 4 });
+    // the fastest and slowest valid rates, the largest burst
+    let fast = policy(
+        "fast",
+        json!({ "newStreamsPerSecond": 1_000_000, "burst": 1_000_000 }),
+    );
+    let mut s = StreamLimitState::new(&fast, 0);
+    s.tokens = 0;
+    assert_eq!(
+        s.admit(&fast, u64::MAX),
+        Admission::Admitted { remaining: 999_999 }
+    );
+    let slow = policy("slow", json!({ "newStreamsPerSecond": 0.001, "burst": 1 }));
+    let mut s = StreamLimitState::new(&slow, 0);
+    assert!(admitted(&s.admit(&slow, 0)));
+    let Admission::Refused(r) = s.admit(&slow, 0) else {
+        panic!("admitted")
+    };
+    assert_eq!((r.retry_after_secs, r.reset_secs), (1000, 1000));
+    assert!(!admitted(&s.admit(&slow, 1000 * SEC - 1)));
+    assert!(admitted(&s.admit(&slow, 1000 * SEC)));
+    // the policy's fields are public: out-of-range values must not panic
+    let mut wild = p.clone();
+    wild.rate_milli = u64::MAX;
+    wild.burst = u32::MAX;
+    let mut s = StreamLimitState::new(&wild, 0);
+    s.tokens = 0;
+    assert!(admitted(&s.admit(&wild, u64::MAX)));
+    wild.burst = 0;
+    wild.rate_milli = 0;
+    let mut s = StreamLimitState::new(&wild, 0);
+    let Admission::Refused(r) = s.admit(&wild, u64::MAX) else {
+        panic!("a bucket of size 0 admitted")
+    };
+    assert!(r.retry_after_secs >= 1);
+}
+
+#[test]
+fn refill_is_exact_over_many_irregular_steps() {
+    // 7 streams/s, burst 1000: after any sequence of refills the tokens
+    // equal floor(7 × elapsed) exactly, whatever the step sizes.
+    let p = policy("exact", json!({ "newStreamsPerSecond": 7, "burst": 1000 }));
+    let mut s = StreamLimitState::new(&p, 0);
+    while admitted(&s.admit(&p, 0)) {}
+    let mut now = 0u64;
+    let mut admitted_total = 0u64;
+    let mut step = 1u64;
+    while now < 60 * SEC {
+        step = (step * 7919 + 13) % (97 * MS) + 1;
+        now += step;
+        while admitted(&s.admit(&p, now)) {
+            admitted_total += 1;
+        }
+        assert_eq!(
+            admitted_total,
+            u64::try_from(u128::from(now) * 7 / 1_000_000_000).unwrap(),
+            "at {now} ns"
+        );
+    }
 }
 
 #[test]

@@ -189,6 +189,20 @@ fn bucket_is_stable_and_keyed_by_policy() {
         bucket("push", "alice"),
         u32::try_from(xxhash_rust::xxh3::xxh3_64(b"push\0alice") % 10_000).unwrap()
     );
+    // Golden values: a change of hash (or of the xxh3 implementation) would
+    // silently move users between groups on upgrade.
+    assert_eq!(
+        xxhash_rust::xxh3::xxh3_64(b"push\0alice"),
+        0xb5b6_c07d_133f_565c
+    );
+    assert_eq!(
+        [
+            bucket("push", "alice"),
+            bucket("push", "bob"),
+            bucket("checkout", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ],
+        [8780, 3493, 2366]
+    );
 }
 
 #[test]
@@ -290,4 +304,160 @@ fn select_by_priority_then_name() {
         .map(|p| p.name.as_str()),
         None
     );
+}
+
+#[test]
+fn sticky_table() {
+    let sticky = policy(
+        "s",
+        json!({
+            "groups": ["stable", "canary", "beta"],
+            "defaultGroup": "stable",
+            "rules": [
+                { "type": "header", "name": "x-env-tag", "equals": "beta", "group": "beta" },
+                { "type": "percent", "percent": 0, "by": { "source": "header", "name": "x-user-id" }, "group": "canary" },
+                { "type": "percent", "percent": 100, "by": { "source": "header", "name": "x-user-id" }, "group": "beta" }
+            ],
+            "sticky": { "cookie": "grp", "maxAgeSeconds": 60 }
+        }),
+    );
+    let mut plain = sticky.clone();
+    plain.sticky = None;
+    // (policy, headers, group, reason, cookie set to)
+    let cases: Vec<(&ReleasePolicy, Headers, &str, Reason, Option<&str>)> = vec![
+        // the first percent rule consults the cookie, whether or not its
+        // source is present, and sets nothing
+        (
+            &sticky,
+            vec![("cookie", "grp=canary")],
+            "canary",
+            Reason::Sticky(1),
+            None,
+        ),
+        (
+            &sticky,
+            vec![("cookie", "grp=\"canary\""), ("x-user-id", "u")],
+            "canary",
+            Reason::Sticky(1),
+            None,
+        ),
+        // rules before the first percent rule still decide
+        (
+            &sticky,
+            vec![("cookie", "grp=canary"), ("x-env-tag", "beta")],
+            "beta",
+            Reason::Rule(0),
+            None,
+        ),
+        // unknown or empty cookie values are not a group
+        (
+            &sticky,
+            vec![("cookie", "grp=gold"), ("x-user-id", "u")],
+            "beta",
+            Reason::Rule(2),
+            Some("beta"),
+        ),
+        (
+            &sticky,
+            vec![("cookie", "grp=")],
+            "stable",
+            Reason::Default,
+            Some("stable"),
+        ),
+        (
+            &sticky,
+            vec![("cookie", "GRP=canary")],
+            "stable",
+            Reason::Default,
+            Some("stable"),
+        ),
+        // a draw and the default set the cookie
+        (
+            &sticky,
+            vec![("x-user-id", "u")],
+            "beta",
+            Reason::Rule(2),
+            Some("beta"),
+        ),
+        (&sticky, vec![], "stable", Reason::Default, Some("stable")),
+        // without sticky, the cookie means nothing and nothing is set
+        (
+            &plain,
+            vec![("cookie", "grp=canary")],
+            "stable",
+            Reason::Default,
+            None,
+        ),
+        (
+            &plain,
+            vec![("cookie", "grp=canary"), ("x-user-id", "u")],
+            "beta",
+            Reason::Rule(2),
+            None,
+        ),
+    ];
+    for (p, headers, group, reason, cookie) in cases {
+        let d = p.decide(&req(&headers), "");
+        assert_eq!((d.group, d.reason), (group, reason), "{headers:?}");
+        let expected =
+            cookie.map(|g| format!("grp={g}; Max-Age=60; Path=/; HttpOnly; SameSite=Lax"));
+        assert_eq!(d.set_cookie, expected, "{headers:?}");
+    }
+    // what a client was told once, it keeps being told
+    let first = sticky.decide(&req(&[("x-user-id", "u")]), "");
+    let cookie = first.set_cookie.unwrap();
+    let value = cookie.split(';').next().unwrap();
+    let again = sticky.decide(&req(&[("cookie", value), ("x-user-id", "other")]), "");
+    assert_eq!(again.group, first.group);
+}
+
+#[test]
+fn client_tag_table() {
+    let mut trusted = push_policy();
+    trusted.trust_client_tag = true;
+    let untrusted = push_policy();
+    // (trusted?, tag value, group, reason, stripped)
+    let cases: Vec<(bool, &str, &str, Reason, bool)> = vec![
+        (true, "canary", "canary", Reason::ClientTag, false),
+        (true, " canary ", "canary", Reason::ClientTag, false),
+        (true, "Canary", "stable", Reason::Default, true),
+        (true, "", "stable", Reason::Default, true),
+        (true, "canary, canary", "stable", Reason::Default, true),
+        (false, "canary", "stable", Reason::Default, true),
+        (false, "stable", "stable", Reason::Default, true),
+        (false, "", "stable", Reason::Default, true),
+    ];
+    for (trust, tag, group, reason, stripped) in cases {
+        let p = if trust { &trusted } else { &untrusted };
+        let d = p.decide(&req(&[("x-sidestream-group", tag)]), "");
+        assert_eq!(
+            (d.group, d.reason, d.stripped_client_tag),
+            (group, reason, stripped),
+            "trust {trust}, tag {tag:?}"
+        );
+        assert_eq!(d.tag_header, "x-sidestream-group");
+    }
+}
+
+#[test]
+fn percent_by_trace_id_holds_within_one_point() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let p = policy(
+        "by-trace",
+        json!({
+            "groups": ["stable", "canary"],
+            "defaultGroup": "stable",
+            "rules": [ { "type": "percent", "percent": 5.25, "by": { "source": "traceId" }, "group": "canary" } ]
+        }),
+    );
+    let n = 100_000;
+    let canary = (0..n)
+        .filter(|_| {
+            let trace = format!("{:032x}", rng.random::<u128>());
+            p.decide(&req(&[]), &trace).group == "canary"
+        })
+        .count();
+    let share = canary as f64 * 100.0 / n as f64;
+    assert!((share - 5.25).abs() <= 1.0, "got {share}%");
 }

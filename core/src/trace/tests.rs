@@ -7,6 +7,8 @@ const PID: &str = "00f067aa0ba902b7";
 
 /// (version, flags) or the error.
 type ParseResult = Result<(u8, u8), TraceParentError>;
+/// Request headers of a table row.
+type Headers<'a> = Vec<(&'a str, &'a str)>;
 /// The members or the error.
 type StateResult<'a> = Result<Vec<(&'a str, &'a str)>, TraceStateError>;
 
@@ -71,6 +73,58 @@ fn traceparent_table() {
         // wrong field lengths shift the delimiters
         (format!("00-{TID}0-{PID}-1"), Err(E::Delimiter)),
         (format!("000-{TID}-{PID}-1"), Err(E::Delimiter)),
+        // the w3c/trace-context test suite (test/test.py), one line each
+        (format!("{valid}."), Err(E::Length(56))),
+        (
+            format!("{valid}-what-the-future-will-be-like"),
+            Err(E::Length(84)),
+        ),
+        (
+            format!("{}.what-the-future-will-be-like", tp("cc", TID, PID, "01")),
+            Err(E::FutureVersionTail('.')),
+        ),
+        (tp(".0", TID, PID, "01"), Err(E::Version)),
+        (tp("0.", TID, PID, "01"), Err(E::Version)),
+        (tp("000", TID, PID, "01"), Err(E::Length(56))),
+        (tp("0000", TID, PID, "01"), Err(E::Length(57))),
+        (tp("0", TID, PID, "01"), Err(E::Version)),
+        (
+            tp("00", ".bf92f3577b34da6a3ce929d0e0e4736", PID, "01"),
+            Err(E::TraceId),
+        ),
+        (
+            tp("00", "4bf92f3577b34da6a3ce929d0e0e473.", PID, "01"),
+            Err(E::TraceId),
+        ),
+        (tp("00", &format!("{TID}3"), PID, "01"), Err(E::Length(56))),
+        (tp("00", &TID[..31], PID, "01"), Err(E::Length(54))),
+        (tp("00", TID, ".0f067aa0ba902b7", "01"), Err(E::ParentId)),
+        (tp("00", TID, "00f067aa0ba902b.", "01"), Err(E::ParentId)),
+        (tp("00", TID, &format!("{PID}7"), "01"), Err(E::Length(56))),
+        (tp("00", TID, &PID[..15], "01"), Err(E::Length(54))),
+        (tp("00", TID, PID, ".0"), Err(E::Flags)),
+        (tp("00", TID, PID, "0."), Err(E::Flags)),
+        (tp("00", TID, PID, "001"), Err(E::Length(56))),
+        (tp("00", TID, PID, "1"), Err(E::Length(54))),
+        (format!(" {valid}"), Ok((0, 1))),
+        (format!("\t{valid}"), Ok((0, 1))),
+        (format!("{valid} "), Ok((0, 1))),
+        (format!("{valid}\t"), Ok((0, 1))),
+        (format!("\t {valid} \t"), Ok((0, 1))),
+        // only spaces and tabs are OWS
+        (format!("\n{valid}"), Err(E::Version)),
+        (format!("{valid}\r"), Err(E::Length(56))),
+        // two headers joined by the glue (RFC 9110 list) are not one traceparent
+        (format!("{valid}, {valid}"), Err(E::Length(112))),
+        // a future version still needs every version-00 rule in its first 55 characters
+        (tp("cc", &"0".repeat(32), PID, "01"), Err(E::ZeroTraceId)),
+        (tp("cc", TID, &"0".repeat(16), "01"), Err(E::ZeroParentId)),
+        (tp("cc", &TID.to_uppercase(), PID, "01"), Err(E::TraceId)),
+        (tp("cc", TID, PID, "0A"), Err(E::Flags)),
+        (format!("cc-{TID}_{PID}-01-x"), Err(E::Delimiter)),
+        (format!("{}-", tp("cc", TID, PID, "01")), Ok((0xcc, 1))),
+        (tp("fe", TID, PID, "00"), Ok((0xfe, 0))),
+        (format!("{}-x", tp("ff", TID, PID, "01")), Err(E::VersionFf)),
     ];
     for (input, expected) in cases {
         let got = parse_traceparent(&input).map(|p| (p.version, p.flags));
@@ -117,6 +171,14 @@ fn tracestate_table() {
     let members_33: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
     let keys_32: Vec<String> = (0..32).map(|i| format!("k{i}")).collect();
     let members_32_pairs: Vec<(&str, &str)> = keys_32.iter().map(|k| (k.as_str(), "v")).collect();
+    let z256 = "z".repeat(256);
+    // every character the grammar allows (test_tracestate_all_allowed_characters)
+    let w3c_key = "abcdefghijklmnopqrstuvwxyz0123456789_-*/".to_owned();
+    let w3c_vendor_key = format!("{w3c_key}@a-z0-9_-*/");
+    let w3c_value: String = (0x20u8..=0x7e)
+        .filter(|&b| b != b',' && b != b'=')
+        .map(char::from)
+        .collect();
     let cases: Vec<(String, StateResult)> = vec![
         (
             "rojo=00f067aa0ba902b7".into(),
@@ -180,8 +242,81 @@ fn tracestate_table() {
         // duplicates are invalid
         ("a=1,b=2,a=3".into(), Err(E::DuplicateKey("a".into()))),
         // at most 32 members
-        (members_32.join(","), Ok(members_32_pairs)),
+        (members_32.join(","), Ok(members_32_pairs.clone())),
         (members_33.join(","), Err(E::TooManyMembers(33))),
+        // the w3c/trace-context test suite (test/test.py)
+        (
+            format!("{w3c_key}={w3c_value}"),
+            Ok(vec![(w3c_key.as_str(), w3c_value.as_str())]),
+        ),
+        (
+            format!("{w3c_vendor_key}={w3c_value}"),
+            Ok(vec![(w3c_vendor_key.as_str(), w3c_value.as_str())]),
+        ),
+        ("foo =1".into(), Err(E::Key("foo ".into()))),
+        ("FOO=1".into(), Err(E::Key("FOO".into()))),
+        ("foo.bar=1".into(), Err(E::Key("foo.bar".into()))),
+        ("foo@=1,bar=2".into(), Err(E::Key("foo@".into()))),
+        ("@foo=1,bar=2".into(), Err(E::Key("@foo".into()))),
+        ("foo@@bar=1,bar=2".into(), Err(E::Key("foo@@bar".into()))),
+        (
+            "foo@bar@baz=1,bar=2".into(),
+            Err(E::Key("foo@bar@baz".into())),
+        ),
+        ("foo=bar=baz".into(), Err(E::Value("bar=baz".into()))),
+        ("foo=,bar=3".into(), Err(E::Value(String::new()))),
+        ("foo=1,foo=1".into(), Err(E::DuplicateKey("foo".into()))),
+        ("foo=1, foo=2".into(), Err(E::DuplicateKey("foo".into()))),
+        (
+            format!("foo=1, {}=1", "z".repeat(256)),
+            Ok(vec![("foo", "1"), (z256.as_str(), "1")]),
+        ),
+        (
+            format!("foo=1, {}=1", "z".repeat(257)),
+            Err(E::Key("z".repeat(257))),
+        ),
+        (
+            "foo=1 \t , \t bar=2, \t baz=3".into(),
+            Ok(vec![("foo", "1"), ("bar", "2"), ("baz", "3")]),
+        ),
+        (
+            "foo=1\t \t,\t \tbar=2,\t \tbaz=3".into(),
+            Ok(vec![("foo", "1"), ("bar", "2"), ("baz", "3")]),
+        ),
+        ("\t foo=1 \t".into(), Ok(vec![("foo", "1")])),
+        // several tracestate headers, joined by the glue with ", "
+        ("foo=1, ".into(), Ok(vec![("foo", "1")])),
+        (", foo=1".into(), Ok(vec![("foo", "1")])),
+        (
+            format!(
+                "{}, {}",
+                members_32[..10].join(","),
+                members_32[10..].join(",")
+            ),
+            Ok(members_32_pairs.clone()),
+        ),
+        (
+            format!(
+                "{}, {}",
+                members_32[..10].join(","),
+                members_33[10..].join(",")
+            ),
+            Err(E::TooManyMembers(33)),
+        ),
+        // empty members do not count toward the 32
+        (
+            format!(",,{},, ,\t,", members_32.join(", ,")),
+            Ok(members_32_pairs),
+        ),
+        // multi-tenant keys: the shortest, a tenant starting with a digit
+        ("a@b=1".into(), Ok(vec![("a@b", "1")])),
+        ("0@b=1".into(), Ok(vec![("0@b", "1")])),
+        // values: OWS after the value is not part of it; control bytes are invalid
+        ("a=   ".into(), Err(E::Value(String::new()))),
+        ("a=x\u{7f}".into(), Err(E::Value("x\u{7f}".into()))),
+        ("a=x\u{1}y".into(), Err(E::Value("x\u{1}y".into()))),
+        ("a=1=".into(), Err(E::Value("1=".into()))),
+        ("a=x,=y".into(), Err(E::Key(String::new()))),
     ];
     for (input, expected) in cases {
         let got = parse_tracestate(&input);
@@ -276,6 +411,80 @@ fn decide_drops_an_invalid_tracestate_but_keeps_the_parent() {
     assert_eq!(d.outcome, TraceOutcome::Continued);
     assert_eq!(d.trace_id_hex, TID);
     assert_eq!(d.remove_headers, vec!["tracestate"]);
+}
+
+/// What happens to `tracestate`: kept (left on the request as it came) with
+/// a valid traceparent when it is itself valid, removed otherwise; never
+/// parsed when the traceparent is absent or invalid.
+#[test]
+fn decide_tracestate_table() {
+    let valid = tp("00", TID, PID, "00");
+    let future = format!("{}-next", tp("cc", TID, PID, "01"));
+    let members_33: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+    let members_33 = members_33.join(",");
+    let version_ff = tp("ff", TID, PID, "01");
+    let zero_parent = tp("00", TID, &"0".repeat(16), "01");
+    // (traceparent, tracestate, outcome, tracestate removed)
+    let cases: Vec<(Option<&str>, &str, TraceOutcome, bool)> = vec![
+        (Some(&valid), "foo=1,bar=2", TraceOutcome::Continued, false),
+        (Some(&future), "foo=1", TraceOutcome::Continued, false),
+        // empty: accepted (the parent is continued) but not sent on
+        (Some(&valid), "", TraceOutcome::Continued, true),
+        (Some(&valid), " , ", TraceOutcome::Continued, true),
+        (Some(&valid), "foo=1, ", TraceOutcome::Continued, false),
+        (Some(&valid), "foo=1,foo=2", TraceOutcome::Continued, true),
+        (Some(&valid), "FOO=1", TraceOutcome::Continued, true),
+        (Some(&valid), "foo=1,bar=", TraceOutcome::Continued, true),
+        (Some(&valid), &members_33, TraceOutcome::Continued, true),
+        (None, "foo=1", TraceOutcome::Started, true),
+        (Some(""), "foo=1", TraceOutcome::Started, true),
+        (
+            Some("00-garbage"),
+            "foo=1",
+            TraceOutcome::InvalidParent,
+            true,
+        ),
+        (
+            Some(&version_ff),
+            "foo=1",
+            TraceOutcome::InvalidParent,
+            true,
+        ),
+        (
+            Some(&zero_parent),
+            "foo=1",
+            TraceOutcome::InvalidParent,
+            true,
+        ),
+    ];
+    let settings = TraceSettings::default();
+    for (parent, state, outcome, removed) in cases {
+        let mut req = HeaderList::default().with("tracestate", state);
+        if let Some(parent) = parent {
+            req = req.with("traceparent", parent);
+        }
+        let d = decide(&settings, &req, &mut counter(5));
+        assert_eq!(d.outcome, outcome, "{parent:?} / {state:?}");
+        assert_eq!(
+            d.remove_headers.contains(&"tracestate"),
+            removed,
+            "{parent:?} / {state:?}"
+        );
+        assert!(
+            d.set_headers.iter().all(|(n, _)| *n != "tracestate"),
+            "tracestate is never rewritten"
+        );
+        let out = parse_traceparent(header(&d, "traceparent").unwrap()).unwrap();
+        assert_eq!(
+            out.trace_id_hex() == TID,
+            outcome == TraceOutcome::Continued
+        );
+    }
+    // no tracestate header: nothing to remove
+    let req = HeaderList::default().with("traceparent", "00-garbage");
+    assert!(decide(&settings, &req, &mut counter(5))
+        .remove_headers
+        .is_empty());
 }
 
 #[test]
@@ -534,6 +743,167 @@ fn b3_multi_and_emit_round_trip() {
     assert_eq!(
         b3::parse_multi(&only_sampled),
         Some(Ok(B3::SamplingOnly(Sampling::Accept)))
+    );
+}
+
+#[test]
+fn b3_multi_table() {
+    use b3::{B3Error as E, Sampling, B3};
+    let tid64 = &TID[16..];
+    let mut padded = [0u8; 16];
+    assert!(crate::decode_hex_lower(
+        &format!("{}{tid64}", "0".repeat(16)),
+        &mut padded
+    ));
+    let mut span = [0u8; 8];
+    assert!(crate::decode_hex_lower(PID, &mut span));
+    let ctx = |trace_id: [u8; 16], bit64: bool, sampling: Option<Sampling>| {
+        Some(Ok(B3::Context(b3::B3Context {
+            trace_id,
+            trace_id_64bit: bit64,
+            span_id: span,
+            parent_span_id: None,
+            sampling,
+        })))
+    };
+    let mut full = [0u8; 16];
+    assert!(crate::decode_hex_lower(TID, &mut full));
+    let cases: Vec<(Headers, Option<Result<B3, E>>)> = vec![
+        (vec![], None),
+        // 64-bit trace ids are left-padded to 128 bits
+        (
+            vec![("x-b3-traceid", tid64), ("x-b3-spanid", PID)],
+            ctx(padded, true, None),
+        ),
+        (
+            vec![
+                ("x-b3-traceid", TID),
+                ("x-b3-spanid", PID),
+                ("x-b3-sampled", "1"),
+            ],
+            ctx(full, false, Some(Sampling::Accept)),
+        ),
+        (
+            vec![
+                ("x-b3-traceid", TID),
+                ("x-b3-spanid", PID),
+                ("x-b3-sampled", "false"),
+            ],
+            ctx(full, false, Some(Sampling::Deny)),
+        ),
+        // debug: x-b3-flags 1 wins over x-b3-sampled
+        (
+            vec![
+                ("x-b3-traceid", TID),
+                ("x-b3-spanid", PID),
+                ("x-b3-sampled", "0"),
+                ("x-b3-flags", "1"),
+            ],
+            ctx(full, false, Some(Sampling::Debug)),
+        ),
+        (
+            vec![("x-b3-flags", "1")],
+            Some(Ok(B3::SamplingOnly(Sampling::Debug))),
+        ),
+        (
+            vec![("x-b3-sampled", "0")],
+            Some(Ok(B3::SamplingOnly(Sampling::Deny))),
+        ),
+        (
+            vec![
+                ("x-b3-traceid", TID),
+                ("x-b3-spanid", PID),
+                ("x-b3-sampled", "d"),
+            ],
+            Some(Err(E::Sampling("d".into()))),
+        ),
+        (vec![("x-b3-spanid", PID)], Some(Err(E::Incomplete))),
+        (vec![("x-b3-parentspanid", PID)], Some(Err(E::Incomplete))),
+        (vec![("x-b3-flags", "0")], Some(Err(E::Incomplete))),
+        (
+            vec![("x-b3-traceid", &TID[..20]), ("x-b3-spanid", PID)],
+            Some(Err(E::TraceId(TID[..20].into()))),
+        ),
+        (
+            vec![("x-b3-traceid", TID), ("x-b3-spanid", "0000000000000000")],
+            Some(Err(E::SpanId("0000000000000000".into()))),
+        ),
+        (
+            vec![
+                ("x-b3-traceid", TID),
+                ("x-b3-spanid", PID),
+                ("x-b3-parentspanid", "xyz"),
+            ],
+            Some(Err(E::ParentSpanId("xyz".into()))),
+        ),
+    ];
+    for (headers, expected) in cases {
+        let req = HeaderList::from_pairs(headers.iter().copied());
+        assert_eq!(b3::parse_multi(&req), expected, "{headers:?}");
+    }
+    // the single header wins over the multi headers
+    let req = HeaderList::default()
+        .with("b3", "0")
+        .with("x-b3-traceid", TID)
+        .with("x-b3-spanid", PID);
+    assert_eq!(
+        b3::from_request(&req),
+        Some(Ok(B3::SamplingOnly(Sampling::Deny)))
+    );
+}
+
+#[test]
+fn decide_b3_64_bit_ids_and_sampling_states() {
+    let settings = TraceSettings {
+        b3_accept: true,
+        b3_emit: true,
+        ..TraceSettings::default()
+    };
+    let tid64 = &TID[16..];
+    let padded = format!("{}{tid64}", "0".repeat(16));
+    // multi, 64-bit, debug: continued with a left-padded W3C trace id, sampled
+    let req = HeaderList::default()
+        .with("x-b3-traceid", tid64)
+        .with("x-b3-spanid", PID)
+        .with("x-b3-flags", "1");
+    let d = decide(&settings, &req, &mut counter(3));
+    assert_eq!(d.outcome, TraceOutcome::Continued);
+    assert_eq!(d.trace_id_hex, padded);
+    assert!(d.sampled);
+    let out = parse_traceparent(header(&d, "traceparent").unwrap()).unwrap();
+    assert_eq!(out.trace_id_hex(), padded);
+    assert!(out.sampled());
+    assert_eq!(
+        header(&d, "b3").unwrap(),
+        format!("{padded}-{}-d-{PID}", d.span_id_hex)
+    );
+    assert_eq!(
+        d.remove_headers,
+        vec!["x-b3-traceid", "x-b3-spanid", "x-b3-flags"]
+    );
+    // no sampling state: the receiver decides (ratio 1.0 here: sampled; 0: not)
+    let req = HeaderList::default().with("b3", &format!("{tid64}-{PID}"));
+    let d = decide(&settings, &req, &mut counter(3));
+    assert_eq!((d.outcome, d.sampled), (TraceOutcome::Continued, true));
+    assert!(header(&d, "b3").unwrap().contains("-1-"));
+    let never = TraceSettings {
+        sample_ratio: 0.0,
+        ..settings.clone()
+    };
+    let d = decide(&never, &req, &mut counter(3));
+    assert_eq!((d.outcome, d.sampled), (TraceOutcome::Continued, false));
+    assert_eq!(d.trace_id_hex, padded);
+    // `b3: d` alone: a new, sampled trace that stays debug
+    let req = HeaderList::default().with("b3", "d");
+    let d = decide(&never, &req, &mut counter(3));
+    assert_eq!((d.outcome, d.sampled), (TraceOutcome::Started, true));
+    assert!(header(&d, "b3").unwrap().ends_with("-d"));
+    // a W3C parent continued with b3.emit: b3 carries the same ids and flag
+    let req = HeaderList::default().with("traceparent", &tp("00", TID, PID, "00"));
+    let d = decide(&settings, &req, &mut counter(3));
+    assert_eq!(
+        header(&d, "b3").unwrap(),
+        format!("{TID}-{}-0-{PID}", d.span_id_hex)
     );
 }
 
