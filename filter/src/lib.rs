@@ -1,1 +1,27 @@
-//! sidestream-filter: proxy-wasm glue.
+//! sidestream-filter: the proxy-wasm glue that puts sidestream's decisions into
+//! Envoy (see design.md, "The filter, per request").
+//!
+//! - [`request`]: one HTTP request — trace, stream limit, release colouring,
+//!   response headers, end of stream.
+//! - [`config_stream`]: the config stream to the control plane, per worker VM.
+//! - [`host`]: the host calls behind a trait ([`host::ProxyWasmHost`] in Envoy, a
+//!   fake in unit tests); [`shared`]: compare-and-swap updates of shared data.
+//! - [`metrics`]: the Envoy stats (names, help texts, where they show).
+//! - `glue` (Wasm only): the proxy-wasm root and HTTP contexts.
+//!
+//! The decisions themselves are `sidestream_core`'s.
+
+pub mod config_stream;
+pub mod configure;
+pub mod host;
+pub mod metrics;
+pub mod request;
+pub mod shared;
+pub mod vm;
+
+// Built for Wasm; clippy checks it natively too.
+#[cfg(any(target_arch = "wasm32", clippy))]
+mod glue;
+
+#[cfg(test)]
+mod fake;

@@ -1,0 +1,338 @@
+//! One HTTP request through the filter: trace, stream limit, release colouring,
+//! then the response side and the end of the stream. Generic over [`Host`] so it
+//! runs natively against a fake host in the unit tests (`request/tests.rs`).
+//!
+//! Every decision is made by `sidestream_core`; this module reads headers, calls
+//! the decision and applies it with as few host calls as it can.
+
+use sidestream_core::config::{FailMode, Snapshot, StreamLimitPolicy};
+use sidestream_core::limit::{self, Admission, StreamKind, StreamLimitState};
+use sidestream_core::release;
+use sidestream_core::trace::{self, TraceOutcome};
+
+use crate::host::{GrpcCode, Host, HostError};
+use crate::shared::{self, Step, UpdateError};
+use crate::vm::VmState;
+
+/// Prefix of the shared-data keys holding stream-limit state:
+/// `sidestream.limit.<policy>.<key>`.
+pub const LIMIT_KEY_PREFIX: &str = "sidestream.limit.";
+
+/// The longest shared-data key the filter writes. Policy names are at most 128
+/// characters and core bounds the limit key (it hashes long values); a key that
+/// still comes out longer is refused by fail mode rather than stored.
+pub const MAX_SHARED_KEY_LEN: usize = 512;
+
+/// What the glue should tell Envoy after the request headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the request go on.
+    Continue,
+    /// A local response was sent: stop the request here.
+    Stop,
+}
+
+/// The per-request state between callbacks.
+#[derive(Debug, Default)]
+pub struct RequestFlow {
+    /// Headers to add to the response (trace id echo, sticky cookie).
+    response_headers: Vec<(String, String)>,
+    /// The shared-data key of an admitted stream, until its end is counted.
+    open_stream: Option<String>,
+}
+
+/// Merged request headers: duplicates joined (`cookie` with `; `, others with
+/// `, `), so one lookup sees every value.
+#[derive(Debug, Default)]
+pub struct RequestHeaders(Vec<(String, String)>);
+
+impl RequestHeaders {
+    /// Joins repeated headers.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        let mut merged: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            match merged.iter_mut().find(|(seen, _)| *seen == name) {
+                Some((_, existing)) => {
+                    existing.push_str(if name == "cookie" { "; " } else { ", " });
+                    existing.push_str(&value);
+                }
+                None => merged.push((name, value)),
+            }
+        }
+        RequestHeaders(merged)
+    }
+}
+
+impl sidestream_core::RequestView for RequestHeaders {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl RequestFlow {
+    /// A flow for a new request.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether an admitted stream is still counted as open.
+    pub fn holds_stream(&self) -> bool {
+        self.open_stream.is_some()
+    }
+
+    /// The request headers arrived.
+    pub fn on_request_headers<H: Host>(&mut self, host: &H, vm: &VmState) -> Verdict {
+        let snapshot = vm.snapshot();
+        let headers = match host.request_headers() {
+            Ok(pairs) => RequestHeaders::from_pairs(pairs),
+            Err(error) => {
+                vm.metrics.host_failure(host, &error);
+                return self.fail(host, vm, vm.fail_mode, false);
+            }
+        };
+
+        let trace_id = self.trace(host, vm, &snapshot, &headers);
+
+        if !snapshot.stream_limits.is_empty() {
+            if let Some(kind) = limit::detect_stream(&headers) {
+                if let Some(policy) = limit::select(&snapshot.stream_limits, &headers, kind) {
+                    if self.admit(host, vm, policy, kind, &headers) == Verdict::Stop {
+                        return Verdict::Stop;
+                    }
+                }
+            }
+        }
+
+        self.colour(host, vm, &snapshot, &headers, &trace_id);
+        Verdict::Continue
+    }
+
+    /// The response headers arrived (also for local responses).
+    pub fn on_response_headers<H: Host>(&mut self, host: &H, vm: &VmState) {
+        for (name, value) in self.response_headers.drain(..) {
+            if let Err(error) = host.add_response_header(&name, &value) {
+                vm.metrics.host_failure(host, &error);
+            }
+        }
+    }
+
+    /// The stream is over (finished, reset, or the client went away): an
+    /// admitted stream stops counting against its key. Safe to call twice.
+    pub fn on_stream_end<H: Host>(&mut self, host: &H, vm: &VmState) {
+        let Some(key) = self.open_stream.take() else {
+            return;
+        };
+        vm.metrics.add(host, vm.metrics.streams_active, -1);
+        let result = shared::update(host, &key, |current| {
+            match current.and_then(StreamLimitState::decode) {
+                Some(mut state) => {
+                    state.finish();
+                    Step::Write(state.encode(), ())
+                }
+                // Gone or unreadable: nothing to give back.
+                None => Step::Skip(()),
+            }
+        });
+        match result {
+            Ok(()) => {}
+            Err(UpdateError::Host(error)) => vm.metrics.host_failure(host, &error),
+            Err(UpdateError::Contended) => {
+                log::warn!("sidestream: stream end not counted for {key}: shared data contended");
+                vm.metrics.host_failure(
+                    host,
+                    &HostError::new("set_shared_data", "CasMismatch after retries"),
+                );
+            }
+        }
+    }
+
+    /// Continues or starts the trace; returns the trace id (hex).
+    fn trace<H: Host>(
+        &mut self,
+        host: &H,
+        vm: &VmState,
+        snapshot: &Snapshot,
+        headers: &RequestHeaders,
+    ) -> String {
+        let settings = &snapshot.trace;
+        let decision = trace::decide(settings, headers, &mut |buf: &mut [u8]| vm.fill_random(buf));
+        let counter = match decision.outcome {
+            TraceOutcome::Started => Some(vm.metrics.traces_started),
+            TraceOutcome::Continued => Some(vm.metrics.traces_continued),
+            TraceOutcome::InvalidParent => {
+                vm.metrics.add(host, vm.metrics.traces_invalid_parent, 1);
+                Some(vm.metrics.traces_started)
+            }
+            TraceOutcome::Disabled => None,
+        };
+        if let Some(counter) = counter {
+            vm.metrics.add(host, counter, 1);
+        }
+        for name in &decision.remove_headers {
+            if let Err(error) = host.set_request_header(name, None) {
+                vm.metrics.host_failure(host, &error);
+            }
+        }
+        for (name, value) in &decision.set_headers {
+            if let Err(error) = host.set_request_header(name, Some(value)) {
+                vm.metrics.host_failure(host, &error);
+            }
+        }
+        if let Some((name, value)) = decision.response_header {
+            self.response_headers.push((name.to_owned(), value));
+        }
+        decision.trace_id_hex
+    }
+
+    /// Chooses the release group, writes the tag header and re-routes.
+    fn colour<H: Host>(
+        &mut self,
+        host: &H,
+        vm: &VmState,
+        snapshot: &Snapshot,
+        headers: &RequestHeaders,
+        trace_id: &str,
+    ) {
+        let Some(policy) = release::select(&snapshot.releases, headers) else {
+            return;
+        };
+        let decision = policy.decide(headers, trace_id);
+        if let Err(error) = host.set_request_header(decision.tag_header, Some(decision.group)) {
+            vm.metrics.host_failure(host, &error);
+        }
+        if let Err(error) = host.clear_route_cache() {
+            vm.metrics.host_failure(host, &error);
+        }
+        vm.metrics
+            .count_release(host, decision.policy, decision.group);
+        if let Some(cookie) = decision.set_cookie {
+            self.response_headers
+                .push(("set-cookie".to_owned(), cookie));
+        }
+    }
+
+    /// Admits the stream through the shared token bucket and concurrency cap,
+    /// or refuses it.
+    fn admit<H: Host>(
+        &mut self,
+        host: &H,
+        vm: &VmState,
+        policy: &StreamLimitPolicy,
+        kind: StreamKind,
+        headers: &RequestHeaders,
+    ) -> Verdict {
+        let client = match host.source_address() {
+            Ok(address) => address,
+            Err(error) => {
+                vm.metrics.host_failure(host, &error);
+                None
+            }
+        };
+        let key = format!(
+            "{LIMIT_KEY_PREFIX}{}.{}",
+            policy.name,
+            policy.key(headers, client.as_deref())
+        );
+        if key.len() > MAX_SHARED_KEY_LEN {
+            log::warn!("sidestream: stream-limit key longer than {MAX_SHARED_KEY_LEN} bytes");
+            return self.fail(host, vm, policy.fail_mode, true);
+        }
+        let now = match host.now_nanos() {
+            Ok(now) => now,
+            Err(error) => {
+                vm.metrics.host_failure(host, &error);
+                return self.fail(host, vm, policy.fail_mode, true);
+            }
+        };
+        let result = shared::update(host, &key, |current| {
+            let mut state = current
+                .and_then(StreamLimitState::decode)
+                .unwrap_or_else(|| StreamLimitState::new(policy, now));
+            let admission = state.admit(policy, now);
+            match admission {
+                Admission::Admitted { .. } => Step::Write(state.encode(), admission),
+                // A refusal may still have refilled the bucket; nothing to store.
+                Admission::Refused(_) => Step::Skip(admission),
+            }
+        });
+        match result {
+            Ok(Admission::Admitted { .. }) => {
+                self.open_stream = Some(key);
+                vm.metrics.add(host, vm.metrics.streams_admitted, 1);
+                vm.metrics.add(host, vm.metrics.streams_active, 1);
+                Verdict::Continue
+            }
+            Ok(Admission::Refused(refusal)) => {
+                vm.metrics.add(host, vm.metrics.streams_refused, 1);
+                let headers = refusal.headers(policy);
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                let sent = if kind == StreamKind::Grpc {
+                    host.send_grpc_response(
+                        GrpcCode::ResourceExhausted,
+                        "stream limit reached; retry later",
+                        &headers,
+                    )
+                } else {
+                    let body = refusal_body(policy, refusal.retry_after_secs);
+                    let mut all = headers;
+                    all.push(("content-type", "application/json"));
+                    host.send_http_response(429, &all, body.as_bytes())
+                };
+                if let Err(error) = sent {
+                    vm.metrics.host_failure(host, &error);
+                }
+                Verdict::Stop
+            }
+            Err(UpdateError::Host(error)) => {
+                vm.metrics.host_failure(host, &error);
+                self.fail(host, vm, policy.fail_mode, true)
+            }
+            Err(UpdateError::Contended) => {
+                vm.metrics.host_failure(
+                    host,
+                    &HostError::new("set_shared_data", "CasMismatch after retries"),
+                );
+                self.fail(host, vm, policy.fail_mode, true)
+            }
+        }
+    }
+
+    /// Something needed could not be had: open lets the request through
+    /// (a stream goes uncounted), closed answers 503.
+    fn fail<H: Host>(&mut self, host: &H, vm: &VmState, mode: FailMode, stream: bool) -> Verdict {
+        match mode {
+            FailMode::Open => Verdict::Continue,
+            FailMode::Closed => {
+                if stream {
+                    vm.metrics.add(host, vm.metrics.streams_refused, 1);
+                }
+                let sent = host.send_http_response(
+                    503,
+                    &[("content-type", "application/json"), ("retry-after", "1")],
+                    b"{\"error\":\"sidestream: stream admission unavailable\"}\n",
+                );
+                if let Err(error) = sent {
+                    vm.metrics.host_failure(host, &error);
+                }
+                Verdict::Stop
+            }
+        }
+    }
+}
+
+/// The small JSON body of a 429.
+fn refusal_body(policy: &StreamLimitPolicy, retry_after_secs: u32) -> String {
+    let body = serde_json::json!({
+        "error": "stream limit reached",
+        "policy": policy.name,
+        "retryAfterSeconds": retry_after_secs,
+    });
+    format!("{body}\n")
+}
+
+#[cfg(test)]
+mod tests;
