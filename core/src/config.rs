@@ -422,6 +422,62 @@ pub(crate) mod check {
         value.to_ascii_lowercase()
     }
 
+    /// A header name the filter looks up or writes as given: a token, in
+    /// lowercase (Envoy keeps header names lowercase and the filter compares
+    /// them so), not a pseudo-header.
+    pub fn lowercase_header_name(problems: &mut Problems, field: &str, value: &str) -> String {
+        if value.starts_with(':') {
+            problems.push(
+                field,
+                format!("'{value}' is a pseudo-header; name a regular request header"),
+            );
+        } else if value.is_empty() || value.len() > 128 || !value.bytes().all(is_tchar) {
+            problems.push(
+                field,
+                format!("'{value}' is not a valid header name (a token of at most 128 characters)"),
+            );
+        } else if value.bytes().any(|b| b.is_ascii_uppercase()) {
+            problems.push(
+                field,
+                format!(
+                    "'{value}' is not lowercase; header names are compared in lowercase, write '{}'",
+                    value.to_ascii_lowercase()
+                ),
+            );
+        }
+        value.to_owned()
+    }
+
+    /// Headers a release policy may not write its group to: Envoy, the
+    /// upstream or the filter's own tracing depend on them.
+    pub const RESERVED_TAG_HEADERS: [&str; 12] = [
+        "host",
+        "cookie",
+        "set-cookie",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "traceparent",
+        "tracestate",
+        "x-request-id",
+        "authorization",
+    ];
+
+    /// A release policy's tag header: a lowercase header name, not reserved.
+    pub fn tag_header(problems: &mut Problems, field: &str, value: &str) -> String {
+        let before = problems.0.len();
+        let name = lowercase_header_name(problems, field, value);
+        if problems.0.len() == before && RESERVED_TAG_HEADERS.contains(&name.as_str()) {
+            problems.push(
+                field,
+                format!("'{value}' is reserved (Envoy, the upstream or tracing rely on it); choose another tag header"),
+            );
+        }
+        name
+    }
+
     /// A cookie name: a token.
     pub fn cookie_name(problems: &mut Problems, field: &str, value: &str) -> String {
         if value.is_empty() || value.len() > 128 || !value.bytes().all(is_tchar) {

@@ -9,10 +9,11 @@ use sidestream_core::config::{FailMode, Snapshot, StreamLimitPolicy};
 use sidestream_core::limit::{self, Admission, StreamKind, StreamLimitState};
 use sidestream_core::release;
 use sidestream_core::trace::{self, TraceOutcome};
+use sidestream_core::RequestView;
 
 use crate::host::{GrpcCode, Host, HostError};
 use crate::shared::{self, Step, UpdateError};
-use crate::vm::VmState;
+use crate::vm::{Applied, VmState};
 
 /// Prefix of the shared-data keys holding stream-limit state:
 /// `sidestream.limit.<policy>.<key>`.
@@ -63,7 +64,7 @@ impl RequestHeaders {
     }
 }
 
-impl sidestream_core::RequestView for RequestHeaders {
+impl RequestView for RequestHeaders {
     fn header(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
@@ -85,7 +86,8 @@ impl RequestFlow {
 
     /// The request headers arrived.
     pub fn on_request_headers<H: Host>(&mut self, host: &H, vm: &VmState) -> Verdict {
-        let snapshot = vm.snapshot();
+        let applied = vm.applied();
+        let snapshot = &applied.snapshot;
         let headers = match host.request_headers() {
             Ok(pairs) => RequestHeaders::from_pairs(pairs),
             Err(error) => {
@@ -94,7 +96,7 @@ impl RequestFlow {
             }
         };
 
-        let trace_id = self.trace(host, vm, &snapshot, &headers);
+        let trace_id = self.trace(host, vm, snapshot, &headers);
 
         if !snapshot.stream_limits.is_empty() {
             if let Some(kind) = limit::detect_stream(&headers) {
@@ -106,7 +108,7 @@ impl RequestFlow {
             }
         }
 
-        self.colour(host, vm, &snapshot, &headers, &trace_id);
+        self.colour(host, vm, &applied, &headers, &trace_id);
         Verdict::Continue
     }
 
@@ -187,16 +189,20 @@ impl RequestFlow {
         decision.trace_id_hex
     }
 
-    /// Chooses the release group, writes the tag header and re-routes.
+    /// Chooses the release group, writes the tag header and re-routes. A
+    /// request no policy matches loses the tag headers of the policies that
+    /// do not trust client tags: Envoy routes on them, so a client-sent value
+    /// would otherwise pick the group.
     fn colour<H: Host>(
         &mut self,
         host: &H,
         vm: &VmState,
-        snapshot: &Snapshot,
+        applied: &Applied,
         headers: &RequestHeaders,
         trace_id: &str,
     ) {
-        let Some(policy) = release::select(&snapshot.releases, headers) else {
+        let Some(policy) = release::select(&applied.snapshot.releases, headers) else {
+            strip_untrusted_tags(host, vm, &applied.untrusted_tag_headers, headers);
             return;
         };
         let decision = policy.decide(headers, trace_id);
@@ -247,17 +253,46 @@ impl RequestFlow {
                 return self.fail(host, vm, policy.fail_mode, true);
             }
         };
+        // The refusal of the last attempt, if it decided one: a refusal whose
+        // write is lost (contention, a failed write) still refuses.
+        let mut refused = None;
         let result = shared::update(host, &key, |current| {
             let mut state = current
                 .and_then(StreamLimitState::decode)
                 .unwrap_or_else(|| StreamLimitState::new(policy, now));
             let admission = state.admit(policy, now);
+            let encoded = state.encode();
             match admission {
-                Admission::Admitted { .. } => Step::Write(state.encode(), admission),
-                // A refusal may still have refilled the bucket; nothing to store.
-                Admission::Refused(_) => Step::Skip(admission),
+                Admission::Admitted { .. } => {
+                    refused = None;
+                    Step::Write(encoded, admission)
+                }
+                // A refusal may have refilled the bucket (or restarted the
+                // refill after the clock stepped back): store that, or the
+                // next request computes from the stale state again.
+                Admission::Refused(ref refusal) => {
+                    refused = Some(refusal.clone());
+                    if current == Some(encoded.as_slice()) {
+                        Step::Skip(admission)
+                    } else {
+                        Step::Write(encoded, admission)
+                    }
+                }
             }
         });
+        let result = match (result, refused) {
+            (Err(error), Some(refusal)) => {
+                let error = match error {
+                    UpdateError::Host(error) => error,
+                    UpdateError::Contended => {
+                        HostError::new("set_shared_data", "CasMismatch after retries")
+                    }
+                };
+                vm.metrics.host_failure(host, &error);
+                Ok(Admission::Refused(refusal))
+            }
+            (result, _) => result,
+        };
         match result {
             Ok(Admission::Admitted { .. }) => {
                 self.open_stream = Some(key);
@@ -320,6 +355,30 @@ impl RequestFlow {
                 }
                 Verdict::Stop
             }
+        }
+    }
+}
+
+/// Removes the request's client-sent `tag_headers`; re-routes if any was there.
+fn strip_untrusted_tags<H: Host>(
+    host: &H,
+    vm: &VmState,
+    tag_headers: &[String],
+    headers: &RequestHeaders,
+) {
+    let mut removed = false;
+    for name in tag_headers {
+        if headers.header(name).is_none() {
+            continue;
+        }
+        match host.set_request_header(name, None) {
+            Ok(()) => removed = true,
+            Err(error) => vm.metrics.host_failure(host, &error),
+        }
+    }
+    if removed {
+        if let Err(error) = host.clear_route_cache() {
+            vm.metrics.host_failure(host, &error);
         }
     }
 }

@@ -10,6 +10,35 @@ use sidestream_core::config::{FailMode, FilterBootstrap, Snapshot};
 
 use crate::metrics::Metrics;
 
+/// A snapshot in force and what the filter derives from it once, when it is
+/// applied, rather than on every request.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub snapshot: Rc<Snapshot>,
+    /// The tag headers of the release policies that do not trust client tags
+    /// (sorted, no duplicates). A request no release policy matches has them
+    /// removed, so a client cannot pick a group on paths no policy covers.
+    pub untrusted_tag_headers: Rc<[String]>,
+}
+
+impl Applied {
+    /// Derives what the requests need from `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        let mut headers: Vec<String> = snapshot
+            .releases
+            .iter()
+            .filter(|policy| !policy.trust_client_tag)
+            .map(|policy| policy.tag_header.clone())
+            .collect();
+        headers.sort();
+        headers.dedup();
+        Applied {
+            snapshot: Rc::new(snapshot),
+            untrusted_tag_headers: headers.into(),
+        }
+    }
+}
+
 /// Per-VM state shared by the root context and the HTTP contexts.
 #[derive(Debug)]
 pub struct VmState {
@@ -19,7 +48,7 @@ pub struct VmState {
     pub fail_mode: FailMode,
     /// This VM's metric ids.
     pub metrics: Metrics,
-    snapshot: RefCell<Rc<Snapshot>>,
+    applied: RefCell<Applied>,
     /// ChaCha12 seeded once per VM from the host's entropy (WASI `random_get`):
     /// trace ids and request ids cost no host call per request.
     rng: RefCell<ChaCha12Rng>,
@@ -28,24 +57,29 @@ pub struct VmState {
 impl VmState {
     /// A VM running `bootstrap.defaults` until a snapshot arrives.
     pub fn new(bootstrap: FilterBootstrap, metrics: Metrics, seed: [u8; 32]) -> Self {
-        let snapshot = Rc::new(bootstrap.defaults.clone());
+        let applied = Applied::new(bootstrap.defaults.clone());
         VmState {
             fail_mode: bootstrap.fail_mode,
             bootstrap,
             metrics,
-            snapshot: RefCell::new(snapshot),
+            applied: RefCell::new(applied),
             rng: RefCell::new(ChaCha12Rng::from_seed(seed)),
         }
     }
 
     /// The snapshot in force; a request keeps the one it started with.
     pub fn snapshot(&self) -> Rc<Snapshot> {
-        Rc::clone(&self.snapshot.borrow())
+        Rc::clone(&self.applied.borrow().snapshot)
+    }
+
+    /// The snapshot in force with what was derived from it (two `Rc` clones).
+    pub fn applied(&self) -> Applied {
+        self.applied.borrow().clone()
     }
 
     /// Puts a new snapshot in force for the requests that start from now on.
     pub fn replace_snapshot(&self, snapshot: Snapshot) {
-        *self.snapshot.borrow_mut() = Rc::new(snapshot);
+        *self.applied.borrow_mut() = Applied::new(snapshot);
     }
 
     /// Fills `buf` from the VM's CSPRNG.

@@ -55,7 +55,7 @@ fn default_stream_kinds() -> Vec<StreamKind> {
 pub enum RawLimitKey {
     /// A request header (e.g. a tenant id); the client address when absent.
     Header {
-        /// Header name.
+        /// Header name (lowercase).
         name: String,
     },
     /// The client address (without port).
@@ -114,9 +114,11 @@ impl StreamLimitPolicy {
             }
         }
         let key = match raw.key {
-            RawLimitKey::Header { name } => {
-                LimitKey::Header(check::header_name(&mut problems, "key.name", &name))
-            }
+            RawLimitKey::Header { name } => LimitKey::Header(check::lowercase_header_name(
+                &mut problems,
+                "key.name",
+                &name,
+            )),
             RawLimitKey::ClientAddress => LimitKey::ClientAddress,
             RawLimitKey::Route => LimitKey::Route,
         };

@@ -18,7 +18,10 @@ pub struct RawReleasePolicy {
     /// Higher wins when several policies match a request.
     #[serde(default)]
     pub priority: i32,
-    /// Request header the chosen group is written to (Envoy routes on it).
+    /// Request header the chosen group is written to (Envoy routes on it): a
+    /// lowercase header name, not a pseudo-header nor one of host, cookie,
+    /// set-cookie, content-length, transfer-encoding, connection, upgrade, te,
+    /// traceparent, tracestate, x-request-id, authorization.
     #[serde(default = "default_tag_header")]
     pub tag_header: String,
     /// The release groups (1..=16 distinct names `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`).
@@ -60,7 +63,7 @@ pub enum RawReleaseRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawValueRule {
-    /// Header name (case-insensitive) or cookie name (exact).
+    /// Header name (lowercase) or cookie name (exact).
     pub name: String,
     /// The value must equal this (exact, case-sensitive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,7 +79,7 @@ pub struct RawValueRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawTenantRule {
-    /// The header carrying the tenant id.
+    /// The header carrying the tenant id (lowercase).
     pub header: String,
     /// Tenant ids (exact, 1..=1024).
     pub tenants: Vec<String>,
@@ -167,7 +170,7 @@ fn deserialize_rule(rule: serde_json::Value) -> Result<RawReleaseRule, Vec<Probl
 pub enum RawPercentSource {
     /// A request header (e.g. a user id).
     Header {
-        /// Header name.
+        /// Header name (lowercase).
         name: String,
     },
     /// A request cookie.
@@ -344,7 +347,7 @@ impl ReleasePolicy {
     pub(crate) fn from_raw(name: &str, raw: RawReleasePolicy) -> Result<Self, Vec<Problem>> {
         let mut problems = Problems::default();
         let route = RouteMatch::from_raw(raw.route, &mut problems);
-        let tag_header = check::header_name(&mut problems, "tagHeader", &raw.tag_header);
+        let tag_header = check::tag_header(&mut problems, "tagHeader", &raw.tag_header);
         if raw.groups.is_empty() || raw.groups.len() > MAX_GROUPS {
             problems.push(
                 "groups",
@@ -389,7 +392,11 @@ impl ReleasePolicy {
                     one_of,
                     group,
                 }) => ReleaseRule::Header {
-                    name: check::header_name(&mut problems, &format!("{field}.name"), &name),
+                    name: check::lowercase_header_name(
+                        &mut problems,
+                        &format!("{field}.name"),
+                        &name,
+                    ),
                     value: value_match(&mut problems, &field, equals, one_of),
                     group,
                 },
@@ -408,8 +415,11 @@ impl ReleasePolicy {
                     tenants,
                     group,
                 }) => {
-                    let header =
-                        check::header_name(&mut problems, &format!("{field}.header"), &header);
+                    let header = check::lowercase_header_name(
+                        &mut problems,
+                        &format!("{field}.header"),
+                        &header,
+                    );
                     if tenants.is_empty() || tenants.len() > MAX_VALUES {
                         problems.push(
                             format!("{field}.tenants"),
@@ -451,9 +461,13 @@ impl ReleasePolicy {
                         }
                     };
                     let by = match by {
-                        RawPercentSource::Header { name } => PercentSource::Header(
-                            check::header_name(&mut problems, &format!("{field}.by.name"), &name),
-                        ),
+                        RawPercentSource::Header { name } => {
+                            PercentSource::Header(check::lowercase_header_name(
+                                &mut problems,
+                                &format!("{field}.by.name"),
+                                &name,
+                            ))
+                        }
                         RawPercentSource::Cookie { name } => PercentSource::Cookie(
                             check::cookie_name(&mut problems, &format!("{field}.by.name"), &name),
                         ),

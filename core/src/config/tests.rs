@@ -621,3 +621,114 @@ fn fixed_point_accepts_every_decimal_and_nothing_finer() {
          rules[1].tenants: must list 1..=1024 tenants, found 0"
     );
 }
+
+#[test]
+fn tag_header_must_be_a_lowercase_unreserved_header_name() {
+    let with_tag = |tag: &str| {
+        let mut spec = release_spec();
+        spec["tagHeader"] = json!(tag);
+        parse_spec_value(Kind::Release, "p", spec)
+    };
+    for good in ["x-sidestream-group", "x-grp", "grp_1", "x.y~z!#$%&'*+^`|"] {
+        assert!(with_tag(good).is_ok(), "{good}");
+    }
+    for (bad, message) in [
+        (
+            "X-Sidestream-Group",
+            "'X-Sidestream-Group' is not lowercase; header names are compared in lowercase, \
+             write 'x-sidestream-group'",
+        ),
+        (
+            ":authority",
+            "':authority' is a pseudo-header; name a regular request header",
+        ),
+        (
+            ":path",
+            "':path' is a pseudo-header; name a regular request header",
+        ),
+        (
+            "x group",
+            "'x group' is not a valid header name (a token of at most 128 characters)",
+        ),
+        (
+            "",
+            "'' is not a valid header name (a token of at most 128 characters)",
+        ),
+        (
+            "x-grüppe",
+            "'x-grüppe' is not a valid header name (a token of at most 128 characters)",
+        ),
+        (
+            "x-g\"",
+            "'x-g\"' is not a valid header name (a token of at most 128 characters)",
+        ),
+    ] {
+        let e = with_tag(bad).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("release policy 'p': tagHeader: {message}")
+        );
+    }
+    for reserved in check::RESERVED_TAG_HEADERS {
+        let e = with_tag(reserved).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "release policy 'p': tagHeader: '{reserved}' is reserved (Envoy, the upstream \
+                 or tracing rely on it); choose another tag header"
+            )
+        );
+    }
+    assert_eq!(check::RESERVED_TAG_HEADERS.len(), 12);
+    // In uppercase a reserved name is reported once, as not lowercase.
+    let e = with_tag("Host").unwrap_err();
+    assert_eq!(fields(&e), ["tagHeader"]);
+    assert!(e.to_string().contains("write 'host'"), "{e}");
+}
+
+#[test]
+fn rule_and_key_header_names_must_be_lowercase_header_names() {
+    let mut spec = release_spec();
+    spec["rules"][0]["name"] = json!("X-Env-Tag");
+    spec["rules"][1]["name"] = json!(":path");
+    spec["rules"][3]["header"] = json!("X-Tenant-Id");
+    spec["rules"][4]["by"]["name"] = json!("x user");
+    // Cookie names are exact tokens: case is kept.
+    spec["rules"][2]["name"] = json!("Sidestream-Grey");
+    let e = err(Kind::Release, "rules", spec);
+    assert_eq!(
+        e.to_string(),
+        "release policy 'rules': 4 problems: \
+         rules[0].name: 'X-Env-Tag' is not lowercase; header names are compared in lowercase, \
+         write 'x-env-tag'; \
+         rules[1].name: ':path' is a pseudo-header; name a regular request header; \
+         rules[3].header: 'X-Tenant-Id' is not lowercase; header names are compared in \
+         lowercase, write 'x-tenant-id'; \
+         rules[4].by.name: 'x user' is not a valid header name (a token of at most 128 characters)"
+    );
+    // Rules may read headers the tag may not be written to.
+    let mut spec = release_spec();
+    spec["rules"][0]["name"] = json!("authorization");
+    spec["rules"][3]["header"] = json!("host");
+    assert!(parse_spec_value(Kind::Release, "ok", spec).is_ok());
+
+    let limit = |name: &str| {
+        parse_spec_value(
+            Kind::StreamLimit,
+            "l",
+            json!({ "newStreamsPerSecond": 1, "burst": 1,
+                    "key": { "source": "header", "name": name } }),
+        )
+    };
+    assert!(limit("x-tenant-id").is_ok());
+    assert_eq!(
+        limit("X-Tenant-Id").unwrap_err().to_string(),
+        "stream limit policy 'l': key.name: 'X-Tenant-Id' is not lowercase; header names are \
+         compared in lowercase, write 'x-tenant-id'"
+    );
+    assert_eq!(
+        limit(":authority").unwrap_err().to_string(),
+        "stream limit policy 'l': key.name: ':authority' is a pseudo-header; name a regular \
+         request header"
+    );
+}

@@ -40,7 +40,7 @@ fn rule_table() {
             "groups": ["stable", "canary", "beta", "tenants"],
             "defaultGroup": "stable",
             "rules": [
-                { "type": "header", "name": "X-Env-Tag", "equals": "canary", "group": "canary" },
+                { "type": "header", "name": "x-env-tag", "equals": "canary", "group": "canary" },
                 { "type": "header", "name": "x-env-tag", "in": ["beta", "preview"], "group": "beta" },
                 { "type": "cookie", "name": "grey", "equals": "1", "group": "canary" },
                 { "type": "cookie", "name": "ring", "in": ["b", "c"], "group": "beta" },

@@ -507,3 +507,124 @@ fn request_headers_join_duplicates() {
     assert_eq!(headers.header("cookie"), Some("a=1; b=2"));
     assert_eq!(headers.header("x"), Some("1, 2"));
 }
+
+/// The standalone bootstrap with the `grey` policy limited to `/app` and a
+/// second policy, `trusted`, that trusts its own tag header and covers `/t`.
+fn bootstrap_with_uncovered_paths() -> String {
+    let grey = "\"grey\": {\n";
+    let bootstrap = standalone_bootstrap().replacen(
+        grey,
+        "\"trusted\": { \"match\": { \"pathPrefixes\": [\"/t\"] }, \
+           \"tagHeader\": \"x-trusted-group\", \"trustClientTag\": true, \
+           \"groups\": [\"stable\", \"canary\"], \"defaultGroup\": \"stable\" },\n\
+         \"grey\": { \"match\": { \"pathPrefixes\": [\"/app\"] },\n",
+        1,
+    );
+    assert!(bootstrap.contains("\"/app\""), "{bootstrap}");
+    bootstrap
+}
+
+#[test]
+fn untrusted_tag_headers_are_computed_once_per_snapshot() {
+    let envoy = FakeEnvoy::new();
+    let vm = vm_from(&envoy, &bootstrap_with_uncovered_paths());
+    assert_eq!(&*vm.applied().untrusted_tag_headers, ["x-sidestream-group"]);
+    let mut snapshot = (*vm.snapshot()).clone();
+    let mut second = snapshot.releases[0].clone();
+    second.name = "other".to_owned();
+    second.tag_header = "x-other-group".to_owned();
+    second.trust_client_tag = false;
+    snapshot.releases.push(second.clone());
+    second.name = "again".to_owned();
+    snapshot.releases.push(second);
+    vm.replace_snapshot(snapshot);
+    assert_eq!(
+        &*vm.applied().untrusted_tag_headers,
+        ["x-other-group", "x-sidestream-group"]
+    );
+}
+
+#[test]
+fn a_forged_tag_on_a_path_no_policy_matches_is_removed() {
+    let envoy = FakeEnvoy::new();
+    let vm = vm_from(&envoy, &bootstrap_with_uncovered_paths());
+    let host = FakeHost::with_request(
+        &envoy,
+        &[
+            (":path", "/other"),
+            ("x-sidestream-group", "canary"),
+            ("x-trusted-group", "canary"),
+        ],
+    );
+    assert_eq!(run(&host, &vm).0, Verdict::Continue);
+    assert_eq!(
+        host.header("x-sidestream-group"),
+        None,
+        "forged tag removed"
+    );
+    // A policy that trusts client tags keeps its header.
+    assert_eq!(host.header("x-trusted-group").as_deref(), Some("canary"));
+    assert_eq!(host.route_cleared.get(), 1, "route recomputed");
+    assert_eq!(envoy.metric("sidestream.release.grey.canary.requests"), 0);
+    assert_eq!(envoy.metric("sidestream.release.grey.stable.requests"), 0);
+
+    // Nothing to remove: no re-route.
+    let host = FakeHost::with_request(&envoy, &[(":path", "/other")]);
+    run(&host, &vm);
+    assert_eq!(host.route_cleared.get(), 0);
+
+    // A covered path still overwrites the forged tag with the decision.
+    let host = FakeHost::with_request(
+        &envoy,
+        &[(":path", "/app/x"), ("x-sidestream-group", "canary")],
+    );
+    run(&host, &vm);
+    assert_eq!(host.header("x-sidestream-group").as_deref(), Some("stable"));
+}
+
+#[test]
+fn a_refusal_stores_the_refill_it_computed() {
+    let envoy = FakeEnvoy::new();
+    let vm = standalone_vm(&envoy);
+    let host = FakeHost::with_request(&envoy, &sse_for("acme"));
+    for _ in 0..5 {
+        assert_eq!(run(&host, &vm).0, Verdict::Continue);
+    }
+    // The clock steps back ten minutes: core restarts the refill from now, and
+    // the refused request must store that restart.
+    host.now.set(host.now.get() - 600_000_000_000);
+    host.set_request(&sse_for("acme"));
+    assert_eq!(run(&host, &vm).0, Verdict::Stop);
+    // One token's time later the bucket has refilled from the new now.
+    host.now.set(host.now.get() + 200_000_000);
+    host.set_request(&sse_for("acme"));
+    assert_eq!(run(&host, &vm).0, Verdict::Continue);
+
+    // A refusal that changes nothing writes nothing.
+    host.set_request(&sse_for("acme"));
+    host.fail("shared_set");
+    assert_eq!(run(&host, &vm).0, Verdict::Stop);
+    assert_eq!(http_status(&host), Some(429));
+    assert_eq!(envoy.metric(metrics::HOST_CALL_FAILURES.name), 0);
+}
+
+#[test]
+fn a_refusal_whose_write_is_lost_still_refuses() {
+    let envoy = FakeEnvoy::new();
+    let vm = standalone_vm(&envoy); // failMode open
+    let host = FakeHost::with_request(&envoy, &sse_for("acme"));
+    for _ in 0..5 {
+        assert_eq!(run(&host, &vm).0, Verdict::Continue);
+    }
+    // A millisecond's refill to store, but every write loses the race.
+    host.now.set(host.now.get() + 1_000_000);
+    host.injected_conflicts
+        .set(u32::try_from(MAX_ATTEMPTS).expect("small") + 1);
+    host.set_request(&sse_for("acme"));
+    let (verdict, flow) = run(&host, &vm);
+    assert_eq!(verdict, Verdict::Stop);
+    assert!(!flow.holds_stream());
+    assert_eq!(http_status(&host), Some(429));
+    assert_eq!(envoy.metric(metrics::HOST_CALL_FAILURES.name), 1);
+    assert_eq!(envoy.metric(metrics::STREAMS_REFUSED.name), 1);
+}
