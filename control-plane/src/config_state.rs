@@ -1,6 +1,13 @@
 //! The validated view of the etcd prefix: the last good item of every key,
 //! the keys whose latest value was rejected, and keys that belong to no kind.
 //! Pure: fed changes, it answers whether the snapshot content changed.
+//!
+//! A full read that finds an invalid value for a key with no last good value
+//! in memory (a fresh start) looks for one in etcd's history first: see
+//! [`history`], [`ConfigState::history_walk`] and
+//! [`ConfigState::replace_all_recovering`].
+
+pub mod history;
 
 use std::collections::BTreeMap;
 
@@ -8,6 +15,7 @@ use serde::Serialize;
 use sidestream_core::config::{classify_key, parse_spec, Item, Snapshot};
 
 use crate::watch::Change;
+use history::{HistoryWalk, Recovered};
 
 /// A value the control plane refused; the key keeps its last good value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -21,6 +29,12 @@ pub struct Rejection {
     pub reason: String,
     /// When it was rejected (Unix milliseconds).
     pub rejected_at_unix_millis: u64,
+    /// The mod revision of the value served instead; `None` when the key has
+    /// no good value and is left out of the snapshot.
+    pub serving_revision: Option<i64>,
+    /// The value served instead was found in etcd's history by a full read
+    /// (there was no last good value in memory).
+    pub serving_from_history: bool,
 }
 
 /// A key under the prefix that is no config object.
@@ -40,6 +54,8 @@ struct Entry {
     mod_revision: i64,
     value: Vec<u8>,
     item: Item,
+    /// Recovered from etcd's history, not the key's current value.
+    from_history: bool,
 }
 
 /// What applying changes did.
@@ -91,6 +107,24 @@ impl ConfigState {
         kvs: Vec<(String, Vec<u8>, i64)>,
         now_unix_millis: u64,
     ) -> ApplyReport {
+        self.replace_all_recovering(revision, kvs, Vec::new(), now_unix_millis)
+    }
+
+    /// [`Self::replace_all`], with earlier valid values found in etcd's
+    /// history for keys whose current value is invalid and that have no last
+    /// good value here: such a key serves its recovered value (the rejection
+    /// of the current value is still reported, naming the revision served).
+    pub fn replace_all_recovering(
+        &mut self,
+        revision: i64,
+        kvs: Vec<(String, Vec<u8>, i64)>,
+        recovered: Vec<Recovered>,
+        now_unix_millis: u64,
+    ) -> ApplyReport {
+        let mut recovered: BTreeMap<String, Recovered> = recovered
+            .into_iter()
+            .map(|found| (found.key.clone(), found))
+            .collect();
         let mut report = ApplyReport::default();
         let present: std::collections::BTreeSet<String> =
             kvs.iter().map(|(key, _, _)| key.clone()).collect();
@@ -106,7 +140,10 @@ impl ConfigState {
             report.merge(self.delete(&key));
         }
         for (key, value, mod_revision) in kvs {
-            report.merge(self.put(key, value, mod_revision, now_unix_millis));
+            let found = recovered
+                .remove(&key)
+                .filter(|found| found.rejected_revision == mod_revision);
+            report.merge(self.put(key, value, mod_revision, now_unix_millis, found));
         }
         self.revision = revision;
         report
@@ -126,7 +163,7 @@ impl ConfigState {
                     key,
                     value,
                     mod_revision,
-                } => report.merge(self.put(key, value, mod_revision, now_unix_millis)),
+                } => report.merge(self.put(key, value, mod_revision, now_unix_millis, None)),
                 Change::Delete { key, .. } => report.merge(self.delete(&key)),
             }
         }
@@ -139,12 +176,47 @@ impl ConfigState {
         self.revision = self.revision.max(revision);
     }
 
+    /// Whether a full read must look through etcd's history for the last good
+    /// value of `key`: its current value (written at `mod_revision` into a key
+    /// created at `create_revision`) is invalid, there is no last good value
+    /// in memory, and this rejection was not already handled. Returns the walk.
+    pub fn history_walk(
+        &self,
+        key: &str,
+        value: &[u8],
+        mod_revision: i64,
+        create_revision: i64,
+        max_steps: usize,
+    ) -> Option<HistoryWalk> {
+        if self.items.contains_key(key)
+            || self
+                .rejected
+                .get(key)
+                .is_some_and(|rejection| rejection.revision == mod_revision)
+        {
+            return None;
+        }
+        let (kind, name) = classify_key(key).ok()?;
+        if parse_spec(kind, &name, value).is_ok() {
+            return None;
+        }
+        HistoryWalk::new(
+            key.to_owned(),
+            kind,
+            name,
+            mod_revision,
+            create_revision,
+            max_steps,
+        )
+    }
+
     fn put(
         &mut self,
         key: String,
         value: Vec<u8>,
         mod_revision: i64,
         now_unix_millis: u64,
+        recovered: Option<Recovered>,
     ) -> ApplyReport {
         let mut report = ApplyReport::default();
         let (kind, name) = match classify_key(&key) {
@@ -168,6 +240,7 @@ impl ConfigState {
         if let Some(entry) = self.items.get_mut(&key) {
             if entry.value == value {
                 entry.mod_revision = mod_revision;
+                entry.from_history = false;
                 self.rejected.remove(&key);
                 return report;
             }
@@ -190,16 +263,32 @@ impl ConfigState {
                         mod_revision,
                         value,
                         item,
+                        from_history: false,
                     },
                 );
                 report.changed = !same_content;
             }
             Err(error) => {
+                if let Some(found) = recovered.filter(|_| !self.items.contains_key(&key)) {
+                    self.items.insert(
+                        key.clone(),
+                        Entry {
+                            mod_revision: found.mod_revision,
+                            value: found.value,
+                            item: found.item,
+                            from_history: true,
+                        },
+                    );
+                    report.changed = true;
+                }
+                let serving = self.items.get(&key);
                 let rejection = Rejection {
                     key: key.clone(),
                     revision: mod_revision,
                     reason: error.to_string(),
                     rejected_at_unix_millis: now_unix_millis,
+                    serving_revision: serving.map(|entry| entry.mod_revision),
+                    serving_from_history: serving.is_some_and(|entry| entry.from_history),
                 };
                 report.rejections.push(rejection.clone());
                 self.rejected.insert(key, rejection);

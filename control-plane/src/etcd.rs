@@ -79,6 +79,12 @@ pub enum EtcdConfigError {
     Prefix(String),
 }
 
+/// Whether etcd refused a read because the revision asked for was compacted
+/// ("mvcc: required revision has been compacted").
+pub fn is_compacted(error: &etcd_client::Error) -> bool {
+    error.to_string().contains("compacted")
+}
+
 /// Everything needed to (re)connect to etcd, checked once at start.
 #[derive(Debug, Clone)]
 pub struct EtcdSettings {

@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
+use etcd_client::{Client, EventType, GetOptions, KvClient, WatchOptions, WatchResponse};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::config_state::history::{HistoryRead, HistoryWalk, Recovered, WalkStep, HISTORY_STEPS};
 use crate::config_state::ApplyReport;
-use crate::etcd::EtcdSettings;
+use crate::etcd::{is_compacted, EtcdSettings};
 use crate::state::{unix_millis, unix_nanos, ControlPlane};
 use crate::watch::{Change, Next, Step, WatchMachine, WatchMessage};
 
@@ -128,6 +129,7 @@ async fn full_read(
         .map(|h| (h.revision(), h.cluster_id()))
         .unwrap_or((0, 0));
     let mut kvs = Vec::with_capacity(response.kvs().len());
+    let mut create_revisions = Vec::with_capacity(response.kvs().len());
     for pair in response.kvs() {
         let Ok(key) = pair.key_str() else { continue };
         let Some(relative) = settings.relative_key(key) else {
@@ -138,6 +140,24 @@ async fn full_read(
             pair.value().to_vec(),
             pair.mod_revision(),
         ));
+        create_revisions.push(pair.create_revision());
+    }
+    // An invalid value with no last good value in memory (a fresh start):
+    // serve the key's most recent valid value from etcd's history, if any,
+    // so that the first snapshot already holds it.
+    let walks: Vec<HistoryWalk> = state.read_config(|config| {
+        kvs.iter()
+            .zip(&create_revisions)
+            .filter_map(|((key, value, mod_revision), create_revision)| {
+                config.history_walk(key, value, *mod_revision, *create_revision, HISTORY_STEPS)
+            })
+            .collect()
+    });
+    let mut recovered = Vec::with_capacity(walks.len());
+    for walk in walks {
+        if let Some(found) = walk_history(&mut kv, settings, walk, timing).await? {
+            recovered.push(found);
+        }
     }
     let reason = if machine.revision().is_none() {
         "initial"
@@ -149,12 +169,73 @@ async fn full_read(
     }
     info!(revision, keys = kvs.len(), reason, "Read the whole prefix");
     let now = unix_millis();
-    state.update_config(observed, |config| config.replace_all(revision, kvs, now));
+    state.update_config(observed, |config| {
+        config.replace_all_recovering(revision, kvs, recovered, now)
+    });
     // A full read is published at once (no debounce), and only then is the
     // control plane ready: /readyz means "serving what etcd holds".
     state.publish_now();
     state.mark_ready();
     Ok(())
+}
+
+/// Reads `walk`'s key at earlier revisions until the walk finds a valid
+/// value or gives up. A compacted revision ends the walk; any other etcd
+/// error ends the session (the full read is retried).
+async fn walk_history(
+    kv: &mut KvClient,
+    settings: &EtcdSettings,
+    mut walk: HistoryWalk,
+    timing: &WatchTiming,
+) -> Result<Option<Recovered>, SessionError> {
+    let full_key = settings.full_key(walk.key());
+    while let Some(at) = walk.next_revision() {
+        let answer = tokio::time::timeout(
+            timing.read_timeout,
+            kv.get(full_key.clone(), Some(GetOptions::new().with_revision(at))),
+        )
+        .await
+        .map_err(|_| {
+            SessionError::Lost(format!(
+                "reading {full_key} at revision {at} took over {:?}",
+                timing.read_timeout
+            ))
+        })?;
+        let read = match answer {
+            Ok(response) => match response.kvs().first() {
+                Some(pair) => HistoryRead::Value {
+                    value: pair.value().to_vec(),
+                    mod_revision: pair.mod_revision(),
+                    create_revision: pair.create_revision(),
+                },
+                None => HistoryRead::Absent,
+            },
+            Err(error) if is_compacted(&error) => HistoryRead::Compacted,
+            Err(error) => return Err(error.into()),
+        };
+        match walk.on_read(read) {
+            WalkStep::Continue => {}
+            WalkStep::Recovered(found) => {
+                info!(
+                    key = walk.key(),
+                    rejected_revision = found.rejected_revision,
+                    serving_revision = found.mod_revision,
+                    "No last good value in memory; serving the most recent valid value from etcd's history"
+                );
+                return Ok(Some(*found));
+            }
+            WalkStep::GaveUp(reason) => {
+                warn!(
+                    key = walk.key(),
+                    rejected_revision = walk.rejected_revision(),
+                    %reason,
+                    "No valid earlier value in etcd's history; the key is left out"
+                );
+                return Ok(None);
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn message_of(response: &WatchResponse, settings: &EtcdSettings) -> WatchMessage {

@@ -188,7 +188,14 @@ impl ControlPlane {
         if !report.rejections.is_empty() {
             let mut recent = lock(&self.recent_rejections);
             for rejection in &report.rejections {
-                warn!(key = %rejection.key, revision = rejection.revision, reason = %rejection.reason, "Rejected etcd value; keeping the last good value");
+                warn!(
+                    key = %rejection.key,
+                    revision = rejection.revision,
+                    reason = %rejection.reason,
+                    serving_revision = ?rejection.serving_revision,
+                    serving_from_history = rejection.serving_from_history,
+                    "Rejected etcd value; keeping the last good value"
+                );
                 self.metrics.rejections.inc();
                 self.rejections_total.fetch_add(1, Ordering::Relaxed);
                 recent.push_back(rejection.clone());
@@ -204,6 +211,11 @@ impl ControlPlane {
             drop(pending);
             self.changed.notify_one();
         }
+    }
+
+    /// Runs `f` on the validated config without changing it.
+    pub fn read_config<R>(&self, f: impl FnOnce(&ConfigState) -> R) -> R {
+        f(&lock(&self.config))
     }
 
     /// Marks the first full read done.

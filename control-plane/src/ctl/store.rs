@@ -6,7 +6,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpRespo
 use serde::Serialize;
 use sidestream_core::config::{key_for, parse_spec, ConfigError, Document, Kind};
 
-use crate::etcd::EtcdSettings;
+use crate::etcd::{is_compacted, EtcdSettings};
 
 /// Errors of sidestreamctl's etcd operations.
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +46,6 @@ pub enum StoreError {
         /// The revision.
         revision: i64,
     },
-}
-
-fn is_compacted(error: &etcd_client::Error) -> bool {
-    error.to_string().contains("compacted")
 }
 
 /// A key as stored in etcd.
