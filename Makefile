@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 WASM := target/wasm32-wasip1/wasm-release/sidestream_filter.wasm
 
-.PHONY: help deps deps-run deps-bench filter build lint test unit-test integration-test run bench schema clean
+.PHONY: istio-sha help deps deps-run deps-bench filter build lint test unit-test integration-test run bench schema clean
 
 help:
 	@echo "make run    start the whole stack on loopback (etcd, control plane, Redis, push servers, Envoy + filter)"
@@ -50,6 +50,10 @@ run: deps-run filter
 bench: deps-bench filter
 	cargo build --release --workspace --bins
 	scripts/bench.sh
+
+## Fill istio/wasm-plugin's sha256 from the built module: make istio-sha URL=https://...
+istio-sha: filter
+	scripts/istio-sha.sh --write "$(URL)"
 
 clean:
 	cargo clean

@@ -1,0 +1,576 @@
+//! Report: reads a results folder written by `scripts/bench.sh`, draws the
+//! plots (SVG, plotters) and fills BENCHMARKS.md from its template.
+//!
+//! Result files (all optional; a missing one is reported as not measured):
+//! `conditions.json`, `filter-<variant>-wrk.txt`, `filter-<variant>-cpu.txt`,
+//! `filter-<variant>-latency.json`, `propagation.json`,
+//! `memory-<server>.json`, `fanout-<server>-saturation.json`,
+//! `fanout-<server>-subs-<n>.json`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::Value;
+
+mod plots;
+
+/// Filter variants in report order: (file name part, label).
+pub const VARIANTS: [(&str, &str); 4] = [
+    ("none", "no filter"),
+    ("empty-wasm", "empty Rust Wasm filter"),
+    ("sidestream", "sidestream filter"),
+    ("lua", "Lua equivalent"),
+];
+
+/// Push servers in report order: (file name part, label).
+pub const SERVERS: [(&str, &str); 3] = [
+    ("sidestream", "sidestream-push"),
+    ("nchan", "Nchan"),
+    ("pushpin", "Pushpin"),
+];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    #[arg(long, default_value = "bench/out/results")]
+    pub results: PathBuf,
+    /// Where the SVG plots go (committed).
+    #[arg(long, default_value = "bench/results")]
+    pub svg_dir: PathBuf,
+    #[arg(long, default_value = "bench/BENCHMARKS.md.in")]
+    pub template: PathBuf,
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub markdown: PathBuf,
+}
+
+/// Throughput of one filter variant.
+#[derive(Debug, Clone, Default)]
+pub struct Throughput {
+    pub rps: f64,
+    pub envoy_cpu_pct: Option<f64>,
+    /// Busy % of Envoy's core and of the load client's core.
+    pub cores_busy_pct: Option<(f64, f64)>,
+    pub non_2xx: u64,
+    pub socket_errors: u64,
+}
+
+/// Everything the report found.
+#[derive(Debug, Default)]
+pub struct Results {
+    /// (what, value) in the order the script wrote them.
+    pub conditions: Vec<(String, String)>,
+    pub throughput: BTreeMap<String, Throughput>,
+    pub latency: BTreeMap<String, Value>,
+    pub propagation: Option<Value>,
+    pub memory: BTreeMap<String, Value>,
+    pub saturation: BTreeMap<String, Value>,
+    /// server → subscribers → result
+    pub sweep: BTreeMap<String, BTreeMap<u64, Value>>,
+    /// "received message out of sequence" lines in Pushpin's logs.
+    pub pushpin_out_of_sequence: Option<u64>,
+}
+
+pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
+    let results = load(&args.results)?;
+    std::fs::create_dir_all(&args.svg_dir)?;
+    let svg_rel = relative_svg_dir(&args.svg_dir, &args.markdown);
+    let plots = plots::draw_all(&results, &args.svg_dir)?;
+    let template = std::fs::read_to_string(&args.template)
+        .with_context(|| format!("read template {}", args.template.display()))?;
+    let mut md = template;
+    let figure = |name: &str, alt: &str| -> String {
+        if plots.iter().any(|p| p == name) {
+            format!("![{alt}]({svg_rel}/{name})\n")
+        } else {
+            String::new()
+        }
+    };
+    let sections = [
+        ("{{CONDITIONS}}", conditions_table(&results)),
+        ("{{FILTER_TABLE}}", filter_table(&results)),
+        (
+            "{{FILTER_PLOTS}}",
+            figure("filter-throughput.svg", "filter throughput")
+                + &figure("filter-latency.svg", "filter latency"),
+        ),
+        ("{{PROPAGATION_TABLE}}", propagation_table(&results)),
+        (
+            "{{PROPAGATION_PLOTS}}",
+            figure("propagation.svg", "propagation latency"),
+        ),
+        ("{{MEMORY_TABLE}}", memory_table(&results)),
+        (
+            "{{MEMORY_PLOTS}}",
+            figure("push-memory.svg", "memory per connection"),
+        ),
+        ("{{FANOUT_SATURATION_TABLE}}", saturation_table(&results)),
+        ("{{FANOUT_LATENCY_TABLE}}", sweep_table(&results)),
+        (
+            "{{FANOUT_PLOTS}}",
+            figure("push-throughput.svg", "fan-out throughput")
+                + &figure(
+                    "push-latency-vs-subscribers.svg",
+                    "fan-out latency vs subscribers",
+                ),
+        ),
+    ];
+    for (placeholder, text) in sections {
+        md = md.replace(placeholder, text.trim_end());
+    }
+    std::fs::write(&args.markdown, md)?;
+    eprintln!(
+        "report: wrote {} and {} plot(s) in {}",
+        args.markdown.display(),
+        plots.len(),
+        args.svg_dir.display()
+    );
+    Ok(())
+}
+
+fn relative_svg_dir(svg_dir: &Path, markdown: &Path) -> String {
+    let md_dir = markdown.parent().unwrap_or(Path::new(""));
+    svg_dir
+        .strip_prefix(md_dir)
+        .unwrap_or(svg_dir)
+        .display()
+        .to_string()
+}
+
+pub fn load(dir: &Path) -> anyhow::Result<Results> {
+    let mut r = Results::default();
+    let read_json = |name: &str| -> Option<Value> {
+        std::fs::read(dir.join(name))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    };
+    if let Some(Value::Array(pairs)) = read_json("conditions.json") {
+        for pair in pairs {
+            if let (Some(k), Some(v)) = (pair.get(0).and_then(Value::as_str), pair.get(1)) {
+                let v = v
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string());
+                r.conditions.push((k.to_owned(), v));
+            }
+        }
+    }
+    for (v, _) in VARIANTS {
+        if let Ok(text) = std::fs::read_to_string(dir.join(format!("filter-{v}-wrk.txt"))) {
+            let mut t = parse_wrk(&text);
+            t.envoy_cpu_pct = std::fs::read_to_string(dir.join(format!("filter-{v}-cpu.txt")))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            t.cores_busy_pct = std::fs::read_to_string(dir.join(format!("filter-{v}-cores.txt")))
+                .ok()
+                .and_then(|s| parse_cores(&s));
+            r.throughput.insert(v.to_owned(), t);
+        }
+        if let Some(j) = read_json(&format!("filter-{v}-latency.json")) {
+            r.latency.insert(v.to_owned(), j);
+        }
+    }
+    r.propagation = read_json("propagation.json");
+    r.pushpin_out_of_sequence = std::fs::read_to_string(dir.join("pushpin-out-of-sequence.txt"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    for (s, _) in SERVERS {
+        if let Some(j) = read_json(&format!("memory-{s}.json")) {
+            r.memory.insert(s.to_owned(), j);
+        }
+        if let Some(j) = read_json(&format!("fanout-{s}-saturation.json")) {
+            r.saturation.insert(s.to_owned(), j);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(rest) = name
+                .strip_prefix("fanout-")
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            let Some((server, n)) = rest.split_once("-subs-") else {
+                continue;
+            };
+            if let (Ok(n), Some(j)) = (n.parse::<u64>(), read_json(&name)) {
+                r.sweep.entry(server.to_owned()).or_default().insert(n, j);
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Requests/sec and errors from wrk's text output.
+pub fn parse_wrk(text: &str) -> Throughput {
+    let mut t = Throughput::default();
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            t.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            t.non_2xx = v.trim().parse().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            t.socket_errors = v
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum();
+        }
+    }
+    t
+}
+
+/// "server core 97.0% busy, client core 64.2% busy" → (97.0, 64.2).
+fn parse_cores(text: &str) -> Option<(f64, f64)> {
+    let nums: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_suffix('%'))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [a, b] => Some((*a, *b)),
+        _ => None,
+    }
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_f64()
+}
+
+fn conditions_table(r: &Results) -> String {
+    if r.conditions.is_empty() {
+        return "_No conditions recorded (conditions.json missing)._\n".to_owned();
+    }
+    let mut s = String::from("| | |\n| --- | --- |\n");
+    for (k, v) in &r.conditions {
+        let _ = writeln!(s, "| {k} | {v} |");
+    }
+    s
+}
+
+/// "10000" or "10000 (37 attempts retried)".
+fn with_retries(v: &Value, field: &str, retries: &str) -> String {
+    let n = num(v, &[field]).unwrap_or(0.0);
+    match num(v, &[retries]) {
+        Some(r) if r > 0.0 => format!("{n:.0} ({r:.0} attempts retried)"),
+        _ => format!("{n:.0}"),
+    }
+}
+
+fn missing(what: &str) -> String {
+    format!("_{what}: not measured in this run (no result file)._\n")
+}
+
+fn filter_table(r: &Results) -> String {
+    if r.throughput.is_empty() && r.latency.is_empty() {
+        return missing("Filter benchmark");
+    }
+    let base_rps = r.throughput.get("none").map(|t| t.rps).filter(|v| *v > 0.0);
+    let base_lat = r.latency.get("none");
+    let mut s = String::from(
+        "| variant | throughput (req/s) | vs no filter | Envoy CPU | cores busy (Envoy / client) | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | checked |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    for (v, label) in VARIANTS {
+        let t = r.throughput.get(v);
+        let l = r.latency.get(v);
+        let rps = t.map(|t| format!("{:.0}", t.rps)).unwrap_or("–".into());
+        let ratio = match (t, base_rps) {
+            (Some(t), Some(b)) => format!("{:.1}%", 100.0 * t.rps / b),
+            _ => "–".into(),
+        };
+        let cpu = t
+            .and_then(|t| t.envoy_cpu_pct)
+            .map(|c| format!("{c:.0}%"))
+            .unwrap_or("–".into());
+        let cores = t
+            .and_then(|t| t.cores_busy_pct)
+            .map(|(a, b)| format!("{a:.0}% / {b:.0}%"))
+            .unwrap_or("–".into());
+        let p = |q: &str| l.and_then(|l| num(l, &["latency", q]));
+        let pb = |q: &str| base_lat.and_then(|l| num(l, &["latency", q]));
+        let f = |x: Option<f64>| x.map(|x| format!("{x:.3}")).unwrap_or("–".into());
+        let added = |q: &str| match (p(q), pb(q)) {
+            (Some(a), Some(b)) if v != "none" => format!("{:+.3}", a - b),
+            _ => "–".into(),
+        };
+        let checked = l
+            .map(|l| {
+                let ok = num(l, &["ok"]).unwrap_or(0.0);
+                let traced = num(l, &["traced"]).unwrap_or(0.0);
+                let errors =
+                    num(l, &["errors"]).unwrap_or(0.0) + num(l, &["non_2xx"]).unwrap_or(0.0);
+                let canary = num(l, &["canary"]).unwrap_or(0.0);
+                if ok > 0.0 {
+                    format!(
+                        "{:.0}% traced, {:.1}% canary, {errors:.0} errors",
+                        100.0 * traced / ok,
+                        100.0 * canary / ok
+                    )
+                } else {
+                    "no responses".into()
+                }
+            })
+            .unwrap_or("–".into());
+        let _ = writeln!(
+            s,
+            "| {label} | {rps} | {ratio} | {cpu} | {cores} | {} | {} | {} | {} | {checked} |",
+            f(p("p50_ms")),
+            f(p("p99_ms")),
+            added("p50_ms"),
+            added("p99_ms")
+        );
+    }
+    if let (Some(side), Some(lua)) = (r.throughput.get("sidestream"), r.throughput.get("lua")) {
+        if lua.rps > 0.0 {
+            let _ = writeln!(
+                s,
+                "\nsidestream filter vs Lua equivalent: {:.2}× the throughput.",
+                side.rps / lua.rps
+            );
+        }
+    }
+    s
+}
+
+fn propagation_table(r: &Results) -> String {
+    let Some(p) = &r.propagation else {
+        return missing("Propagation benchmark");
+    };
+    let g = |k: &[&str]| num(p, k).unwrap_or(0.0);
+    format!(
+        "| updates | applied everywhere | timeouts | clients (filter instances) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+         | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |\n\nObserved at: {}.\n",
+        g(&["updates"]),
+        g(&["completed"]),
+        g(&["timeouts"]),
+        g(&["clients"]),
+        g(&["latency", "p50_ms"]),
+        g(&["latency", "p90_ms"]),
+        g(&["latency", "p99_ms"]),
+        g(&["latency", "max_ms"]),
+        match p.get("observe").and_then(Value::as_str) {
+            Some("envoy") => "an Envoy stat (the applied revision gauge)",
+            _ => "the control plane's ACK record (`/v1/clients`)",
+        }
+    )
+}
+
+fn memory_table(r: &Results) -> String {
+    if r.memory.is_empty() {
+        return missing("Idle-connection benchmark");
+    }
+    let side = r
+        .memory
+        .get("sidestream")
+        .and_then(|m| num(m, &["rss_per_connection_bytes"]));
+    let mut s = String::from(
+        "| server | connections held | failed | closed early | RSS before (MiB) | RSS after (MiB) | RSS / connection | PSS / connection | sidestream uses |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (k, label) in SERVERS {
+        let Some(m) = r.memory.get(k) else {
+            let _ = writeln!(s, "| {label} | not measured | | | | | | | |");
+            continue;
+        };
+        let g = |f: &str| num(m, &[f]).unwrap_or(0.0);
+        let per = g("rss_per_connection_bytes");
+        let vs = match side {
+            Some(sv) if k != "sidestream" && per > 0.0 => format!("{:.0}%", 100.0 * sv / per),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {label} | {:.0} | {} | {:.0} | {:.1} | {:.1} | {:.0} B ({:.2} KiB) | {:.0} B | {vs} |",
+            g("connected") - g("closed_before_stop"),
+            with_retries(m, "failed", "connect_retries"),
+            g("closed_before_stop"),
+            g("rss_before_kib") / 1024.0,
+            g("rss_after_kib") / 1024.0,
+            per,
+            per / 1024.0,
+            g("pss_per_connection_bytes"),
+        );
+    }
+    s
+}
+
+fn saturation_table(r: &Results) -> String {
+    if r.saturation.is_empty() {
+        return missing("Fan-out saturation benchmark");
+    }
+    let side = r
+        .saturation
+        .get("sidestream")
+        .and_then(|m| num(m, &["max_delivered_per_s"]));
+    let mut s = String::from(
+        "| server | subscribers connected | max delivered msgs/s | sidestream ratio | step (publish/s → offered/s → delivered/s, loss, p99) |\n\
+         | --- | ---: | ---: | ---: | --- |\n",
+    );
+    for (k, label) in SERVERS {
+        let Some(m) = r.saturation.get(k) else {
+            let _ = writeln!(s, "| {label} | not measured | | | |");
+            continue;
+        };
+        let max = num(m, &["max_delivered_per_s"]).unwrap_or(0.0);
+        let ratio = match side {
+            Some(sv) if k != "sidestream" && max > 0.0 => format!("{:.2}×", sv / max),
+            _ => "–".into(),
+        };
+        let steps: Vec<String> = m
+            .get("steps")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|st| {
+                        format!(
+                            "{:.0} → {:.0} → {:.0}, {:.1}%, {:.0} ms",
+                            num(st, &["publish_rate"]).unwrap_or(0.0),
+                            num(st, &["offered_per_s"]).unwrap_or(0.0),
+                            num(st, &["delivered_per_s"]).unwrap_or(0.0),
+                            100.0 * num(st, &["loss_ratio"]).unwrap_or(0.0),
+                            num(st, &["latency", "p99_ms"]).unwrap_or(0.0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {max:.0} | {ratio} | {} |",
+            with_retries(m, "connected", "connect_retries"),
+            steps.join("<br>")
+        );
+    }
+    if let Some(n) = r.pushpin_out_of_sequence {
+        let _ = writeln!(
+            s,
+            "\nPushpin logged {n} \"received message out of sequence\" stream cancellations during its fan-out runs."
+        );
+    }
+    s
+}
+
+fn sweep_table(r: &Results) -> String {
+    if r.sweep.is_empty() {
+        return missing("Fan-out latency benchmark");
+    }
+    let mut s = String::from(
+        "| server | subscribers | publish/s | delivered/s | loss | p50 (ms) | p99 (ms) | max (ms) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (k, label) in SERVERS {
+        let Some(by_n) = r.sweep.get(k) else {
+            continue;
+        };
+        for (n, m) in by_n {
+            let Some(st) = m
+                .get("steps")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+            else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {label} | {n} | {:.0} | {:.0} | {:.2}% | {:.1} | {:.1} | {:.1} |",
+                num(st, &["publish_rate"]).unwrap_or(0.0),
+                num(st, &["delivered_per_s"]).unwrap_or(0.0),
+                100.0 * num(st, &["loss_ratio"]).unwrap_or(0.0),
+                num(st, &["latency", "p50_ms"]).unwrap_or(0.0),
+                num(st, &["latency", "p99_ms"]).unwrap_or(0.0),
+                num(st, &["latency", "max_ms"]).unwrap_or(0.0),
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_output() {
+        let text = "Running 10s test @ http://127.0.0.1:28000/\n  1 threads and 64 connections\n\
+            Requests/sec:  23456.78\nTransfer/sec:      3.21MB\n  Non-2xx or 3xx responses: 5\n\
+            Socket errors: connect 0, read 2, write 0, timeout 1\n";
+        let t = parse_wrk(text);
+        assert!((t.rps - 23456.78).abs() < 1e-6);
+        assert_eq!(t.non_2xx, 5);
+        assert_eq!(t.socket_errors, 3);
+    }
+
+    #[test]
+    fn parses_core_usage() {
+        assert_eq!(
+            parse_cores("server core 97.0% busy, client core 64.2% busy\n"),
+            Some((97.0, 64.2))
+        );
+        assert_eq!(parse_cores("garbage"), None);
+    }
+
+    #[test]
+    fn writes_markdown_and_plots_from_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("results");
+        std::fs::create_dir_all(&results).unwrap();
+        let w = |name: &str, text: &str| std::fs::write(results.join(name), text).unwrap();
+        w(
+            "conditions.json",
+            r#"[["mode", "full"], ["machine", "2 cores"]]"#,
+        );
+        w("filter-none-wrk.txt", "Requests/sec:  20000.0\n");
+        w("filter-sidestream-wrk.txt", "Requests/sec:  19000.0\n");
+        w("filter-lua-wrk.txt", "Requests/sec:  15000.0\n");
+        w(
+            "filter-none-cores.txt",
+            "server core 99.0% busy, client core 60.0% busy\n",
+        );
+        w(
+            "memory-sidestream.json",
+            r#"{"connected": 18000, "closed_before_stop": 0, "failed": 0, "rss_before_kib": 10000,
+               "rss_after_kib": 130000, "rss_per_connection_bytes": 6826.0, "connections_requested": 18000}"#,
+        );
+        w(
+            "memory-nchan.json",
+            r#"{"connected": 18000, "closed_before_stop": 0, "failed": 0, "rss_per_connection_bytes": 13652.0}"#,
+        );
+        let template = dir.path().join("t.md.in");
+        std::fs::write(
+            &template,
+            "{{CONDITIONS}}\n{{FILTER_TABLE}}\n{{FILTER_PLOTS}}\n{{PROPAGATION_TABLE}}\n{{MEMORY_TABLE}}\n{{MEMORY_PLOTS}}\n",
+        )
+        .unwrap();
+        let args = ReportArgs {
+            results,
+            svg_dir: dir.path().join("svg"),
+            template,
+            markdown: dir.path().join("B.md"),
+        };
+        run(&args).unwrap();
+        let md = std::fs::read_to_string(&args.markdown).unwrap();
+        assert!(!md.contains("{{"), "{md}");
+        assert!(md.contains("| mode | full |"), "{md}");
+        assert!(md.contains("| sidestream filter | 19000 | 95.0% |"), "{md}");
+        assert!(md.contains("99% / 60%"), "{md}");
+        assert!(md.contains("1.27× the throughput"), "{md}");
+        assert!(md.contains("Propagation benchmark: not measured"), "{md}");
+        assert!(
+            md.contains("| Nchan | 18000 |") && md.contains("| 50% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("![filter throughput](svg/filter-throughput.svg)"),
+            "{md}"
+        );
+        let svg = std::fs::read_to_string(dir.path().join("svg/push-memory.svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("Nchan"));
+    }
+}

@@ -1,0 +1,492 @@
+#!/usr/bin/env bash
+# sidestream benchmarks (what `make bench` runs after building the release
+# binaries and the filter). Results: bench/out/results/*.json|txt, plots:
+# bench/results/*.svg, report: BENCHMARKS.md (filled from bench/BENCHMARKS.md.in).
+#
+#   scripts/bench.sh [--smoke] [filter] [propagation] [push] [report]
+#
+# No benchmark names = all of them, then the report. --smoke = seconds-long
+# runs with a few connections, to check the harness, not to measure.
+#
+# Environment (defaults in brackets):
+#   CARGO_TARGET_DIR [target]   where the release binaries and the Wasm modules are
+#   BENCH_PROFILE [release]     cargo profile folder of the native binaries
+#   BENCH_PORT_BASE [28000]     ports used: base+0 .. base+380 on 127.0.0.1
+#   SIDESTREAM_BIN_DIR [$CARGO_TARGET_DIR/$BENCH_PROFILE]  sidestream-push, sidestream-control-plane
+#   SIDESTREAM_WASM             the sidestream filter module
+#                               [$CARGO_TARGET_DIR/wasm32-wasip1/wasm-release/sidestream_filter.wasm]
+#   BENCH_SERVER_CPU [0]        core Envoy is pinned to in the filter benchmark
+#   BENCH_CLIENT_CPU [1]        core for the load client and the upstream there
+#   FILTER_SECONDS [30]         per measurement (throughput and latency)
+#   FILTER_ROUNDS [3]           rounds over the four variants; the median round counts
+#   FILTER_CONNECTIONS [64]     wrk connections at saturation
+#   FILTER_RATE [3000]          fixed request rate of the latency run
+#   FILTER_VARIANTS ["none empty-wasm sidestream lua"]
+#   PROPAGATION_UPDATES [250]
+#   PUSH_SERVERS ["sidestream nchan pushpin"]
+#   PUSH_IDLE [18000]           idle SSE connections held
+#   PUSH_SUBSCRIBERS [10000]    fan-out subscribers
+#   PUSH_STEPS ["1:10,2:10,5:10,10:10,20:10,30:10"]  saturation ladder (publish/s:seconds)
+#   PUSH_SWEEP ["1000 2500 5000 10000"]  subscriber counts of the latency sweep
+#   PUSH_SWEEP_RATE [2]         publish/s in the latency sweep (2 × 10,000 = 20,000 deliveries/s)
+#   PUSH_CLIENT_THREADS [2]     load-client runtime threads
+#   PUSH_CONNECT_CONCURRENCY [256]  subscriber connection attempts in flight
+#   PUSH_PAYLOAD_BYTES [128]    message data size
+#   PUSHPIN_MESSAGE_RATE [1000000] PUSHPIN_MESSAGE_HWM [1000000]
+set -euo pipefail
+shopt -u patsub_replacement 2>/dev/null || true
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+smoke=0
+what=()
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) smoke=1 ;;
+    filter|propagation|push|report) what+=("$arg") ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    *) echo "bench: unknown argument '$arg' (filter, propagation, push, report, --smoke)" >&2; exit 64 ;;
+  esac
+done
+[ ${#what[@]} -gt 0 ] || what=(filter propagation push report)
+
+TARGET=${CARGO_TARGET_DIR:-target}
+case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
+PROFILE=${BENCH_PROFILE:-release}
+BIN="$TARGET/$PROFILE"
+WASM_DIR="$TARGET/wasm32-wasip1/wasm-release"
+SIDESTREAM_WASM=${SIDESTREAM_WASM:-$WASM_DIR/sidestream_filter.wasm}
+SERVER_BIN=${SIDESTREAM_BIN_DIR:-$BIN}
+BENCH="$BIN/sidestream-bench"
+OUT="$ROOT/bench/out"
+RESULTS="$OUT/results"
+RUN="$OUT/run"
+SERVER_CPU=${BENCH_SERVER_CPU:-0}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
+
+# Ports: BENCH_PORT_BASE [28000] + offsets, below the ephemeral range and away
+# from the defaults the tests and `make run` use.
+B=${BENCH_PORT_BASE:-28000}
+P_ENVOY=$((B + 0)) P_ENVOY_ADMIN=$((B + 1))
+P_PROP_ENVOY=$((B + 10)) P_PROP_ENVOY_ADMIN=$((B + 11))
+P_PUSH=$((B + 80)) P_PUSH_GRPC=$((B + 90))
+P_UPSTREAM_STABLE=$((B + 81)) P_UPSTREAM_CANARY=$((B + 82))
+P_NCHAN=$((B + 180))
+P_PUSHPIN=$((B + 280)) P_PUSHPIN_PUBLISH=$((B + 281)) P_GRIP_ORIGIN=$((B + 282))
+P_PUSHPIN_PUSH_IN=$((B + 283)) P_PUSHPIN_PUSH_IN_SUB=$((B + 284)) P_PUSHPIN_COMMAND=$((B + 285))
+P_CP_GRPC=$((B + 300)) P_CP_ADMIN=$((B + 301))
+P_ETCD=$((B + 379)) P_ETCD_PEER=$((B + 380))
+
+if [ "$smoke" = 1 ]; then
+  FILTER_SECONDS=${FILTER_SECONDS:-2} FILTER_ROUNDS=${FILTER_ROUNDS:-1}
+  FILTER_RATE=${FILTER_RATE:-300} FILTER_CONNECTIONS=${FILTER_CONNECTIONS:-8}
+  PROPAGATION_UPDATES=${PROPAGATION_UPDATES:-10}
+  PUSH_IDLE=${PUSH_IDLE:-300} PUSH_SUBSCRIBERS=${PUSH_SUBSCRIBERS:-200}
+  PUSH_STEPS=${PUSH_STEPS:-2:2,5:2} PUSH_SWEEP=${PUSH_SWEEP:-100 200}
+  PUSH_SWEEP_SECONDS=${PUSH_SWEEP_SECONDS:-2}
+fi
+FILTER_SECONDS=${FILTER_SECONDS:-30}
+FILTER_ROUNDS=${FILTER_ROUNDS:-3}
+FILTER_CONNECTIONS=${FILTER_CONNECTIONS:-64}
+FILTER_RATE=${FILTER_RATE:-3000}
+FILTER_VARIANTS=${FILTER_VARIANTS:-none empty-wasm sidestream lua}
+PROPAGATION_UPDATES=${PROPAGATION_UPDATES:-250}
+PUSH_SERVERS=${PUSH_SERVERS:-sidestream nchan pushpin}
+PUSH_IDLE=${PUSH_IDLE:-18000}
+PUSH_SUBSCRIBERS=${PUSH_SUBSCRIBERS:-10000}
+PUSH_STEPS=${PUSH_STEPS:-1:10,2:10,5:10,10:10,20:10,30:10}
+PUSH_SWEEP=${PUSH_SWEEP:-1000 2500 5000 10000}
+PUSH_SWEEP_RATE=${PUSH_SWEEP_RATE:-2}
+PUSH_SWEEP_SECONDS=${PUSH_SWEEP_SECONDS:-15}
+PUSH_CLIENT_THREADS=${PUSH_CLIENT_THREADS:-2}
+PUSH_CONNECT_CONCURRENCY=${PUSH_CONNECT_CONCURRENCY:-256}
+PUSH_PAYLOAD_BYTES=${PUSH_PAYLOAD_BYTES:-128}
+PUSHPIN_MESSAGE_RATE=${PUSHPIN_MESSAGE_RATE:-1000000}
+PUSHPIN_MESSAGE_HWM=${PUSHPIN_MESSAGE_HWM:-1000000}
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- processes
+# Every process this script starts is recorded by pid and stopped by pid.
+declare -A PIDS=()
+start() { # name cmd... (output in $RUN/<name>.log)
+  local name=$1; shift
+  "$@" >"$RUN/$name.log" 2>&1 &
+  PIDS[$name]=$!
+  log "started $name (pid ${PIDS[$name]})"
+}
+stop() { # name...
+  local name pid
+  for name in "$@"; do
+    pid=${PIDS[$name]:-}
+    [ -n "$pid" ] || continue
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "PIDS[$name]"
+  done
+}
+cleanup() {
+  local name
+  for name in "${!PIDS[@]}"; do stop "$name"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+alive() { kill -0 "${PIDS[$1]}" 2>/dev/null || die "$1 exited; log: $RUN/$1.log"$'\n'"$(tail -20 "$RUN/$1.log")"; }
+
+wait_http() { # name url [seconds] : until the URL answers 2xx
+  local name=$1 url=$2 secs=${3:-30} i
+  for i in $(seq 1 $((secs * 10))); do
+    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
+    alive "$name"
+    sleep 0.1
+  done
+  die "$name did not answer $url within ${secs}s; log: $RUN/$name.log"
+}
+
+wait_answer() { # name url [seconds] : until the URL answers at all (any status)
+  local name=$1 url=$2 secs=${3:-30} i code
+  for i in $(seq 1 $((secs * 10))); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null || true)
+    if [ -n "$code" ] && [ "$code" != 000 ]; then return 0; fi
+    alive "$name"
+    sleep 0.1
+  done
+  die "$name did not answer $url within ${secs}s; log: $RUN/$name.log"
+}
+
+ports_free() { # port... : refuse to start next to someone else's server
+  local p
+  for p in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      die "port $p is already in use by another process (set BENCH_PORT_BASE to move the benchmark's ports)"
+    fi
+  done
+}
+
+fill() { # template out KEY=VALUE... : replace @KEY@
+  local template=$1 out=$2; shift 2
+  local text kv
+  text=$(cat "$template")
+  for kv in "$@"; do text=${text//@${kv%%=*}@/${kv#*=}}; done
+  printf '%s\n' "$text" >"$out"
+}
+
+summary() { # kind file : one line for the log
+  python3 - "$@" <<'EOF'
+import json, sys
+kind, r = sys.argv[1], json.load(open(sys.argv[2]))
+if kind == "propagation":
+    l = r["latency"]
+    print(f"{r['completed']}/{r['updates']} applied by {r['clients']} clients: p50 {l['p50_ms']} ms, p99 {l['p99_ms']} ms, max {l['max_ms']} ms")
+elif kind == "memory":
+    print(f"{r['connected']} held ({r['failed']} failed), {r['rss_per_connection_bytes']:.0f} B RSS per connection")
+EOF
+}
+
+core_times() { # cpu : "busy total" jiffies of one core
+  awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8; total = busy + $5 + $6; print busy, total }' /proc/stat
+}
+core_busy() { # "busy total" before, after : percent
+  echo "$1 $2" | awk '{ d = $4 - $2; p = 0; if (d > 0) p = 100 * ($3 - $1) / d; printf "%.1f\n", p }'
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# ------------------------------------------------------------------- setup
+prepare() {
+  mkdir -p "$RESULTS" "$RUN"
+  # Each process may open at most the hard limit of files (20,000 here).
+  ulimit -n "$(ulimit -Hn)"
+  [ -x "$BENCH" ] || cargo build --profile "$PROFILE" -p sidestream-bench
+  command -v envoy >/dev/null || die "envoy is not on PATH (scripts/install-deps.sh bench)"
+}
+
+conditions() {
+  python3 - "$RESULTS/conditions.json" "$smoke" <<'EOF'
+import json, os, platform, subprocess, sys, datetime
+def run(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip() or subprocess.run(cmd, capture_output=True, text=True, timeout=10).stderr.strip()
+    except Exception as e:
+        return f"unavailable ({e})"
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+c = {
+    "mode": "SMOKE (harness check, not a measurement)" if sys.argv[2] == "1" else "full",
+    "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+    "machine": f"{os.cpu_count()} cores ({cpu}), {int(mem)//1024} MiB RAM, kernel {platform.release()}",
+    "Envoy": run("envoy", "--version").split("version:")[-1].strip(),
+    "nginx / Nchan": run("dpkg-query", "-W", "-f=${Version}", "nginx-light") + " / " + run("dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"),
+    "Pushpin / condure / zurl": " / ".join(run("dpkg-query", "-W", "-f=${Version}", p) for p in ("pushpin", "condure", "zurl")),
+    "etcd": run("etcd", "--version").splitlines()[0] if run("etcd", "--version") else "?",
+    "wrk": run("dpkg-query", "-W", "-f=${Version}", "wrk"),
+    "rustc": run("rustc", "--version"),
+    "sidestream commit": run("git", "rev-parse", "--short", "HEAD"),
+    "open files per process": run("bash", "-c", "ulimit -Hn"),
+    "load average at start (1/5/15 min)": " ".join(open("/proc/loadavg").read().split()[:3]),
+}
+json.dump(list(c.items()), open(sys.argv[1], "w"), indent=2)
+EOF
+}
+
+# ------------------------------------------------------------------ filter
+filter_variant_ready() { # variant : one request through Envoy reaches the upstream as expected
+  local v=$1 headers
+  headers=$(curl -fsS -D - -o /dev/null --max-time 2 -H 'x-user-id: user-1' "http://127.0.0.1:$P_ENVOY/") \
+    || die "request through Envoy ($v) failed; log: $RUN/envoy-$v.log"
+  case "$v" in
+    sidestream|lua)
+      grep -qi '^x-bench-traced: 1' <<<"$headers" \
+        || die "$v: the upstream saw no traceparent, the filter is not working"$'\n'"$headers"
+      grep -qi '^x-trace-id: [0-9a-f]\{32\}' <<<"$headers" \
+        || die "$v: no x-trace-id on the response, the filter is not working"$'\n'"$headers"
+      curl -fsS -D - -o /dev/null --max-time 2 -H 'x-env-tag: canary' "http://127.0.0.1:$P_ENVOY/" \
+        | grep -qi '^x-bench-group: canary' || die "$v: x-env-tag: canary did not reach the canary upstream" ;;
+  esac
+}
+
+bench_filter() {
+  log "filter benchmark: Envoy --concurrency 1 pinned to cpu $SERVER_CPU, clients on cpu $CLIENT_CPU"
+  local variants=($FILTER_VARIANTS) round v
+  if [[ " ${variants[*]} " == *" sidestream "* ]]; then
+    [ -f "$SIDESTREAM_WASM" ] || die "no sidestream filter at $SIDESTREAM_WASM (make filter, or set SIDESTREAM_WASM)"
+  fi
+  CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} scripts/build-filter.sh -p sidestream-empty-filter >"$RUN/build-empty-filter.log" 2>&1 \
+    || die "building the empty filter failed: $RUN/build-empty-filter.log"
+  local empty="$WASM_DIR/sidestream_empty_filter.wasm"
+  [ -f "$empty" ] || die "no empty filter at $empty"
+  rm -f "$RESULTS"/filter-*
+  local wasm_tmp="$RUN/wasm"
+  mkdir -p "$wasm_tmp"
+  [ ! -f "$SIDESTREAM_WASM" ] || cp "$SIDESTREAM_WASM" "$wasm_tmp/sidestream_filter.wasm"
+  cp "$empty" "$wasm_tmp/sidestream_empty_filter.wasm"
+
+  ports_free "$P_UPSTREAM_STABLE" "$P_UPSTREAM_CANARY" "$P_ENVOY" "$P_ENVOY_ADMIN"
+  start upstream taskset -c "$CLIENT_CPU" "$BENCH" --threads 1 upstream --mode echo \
+    --listen "127.0.0.1:$P_UPSTREAM_STABLE" --listen "127.0.0.1:$P_UPSTREAM_CANARY"
+  wait_http upstream "http://127.0.0.1:$P_UPSTREAM_STABLE/"
+
+  for round in $(seq 1 "$FILTER_ROUNDS"); do
+    for v in "${variants[@]}"; do
+      local snippet cfg
+      snippet=$(cat "bench/envoy/filters/$v.yaml")
+      cfg="$RUN/envoy-filter-$v.yaml"
+      fill bench/envoy/filter-base.yaml "$cfg" \
+        "HTTP_FILTERS=$snippet" ADMIN_PORT=$P_ENVOY_ADMIN LISTEN_PORT=$P_ENVOY \
+        STABLE_PORT=$P_UPSTREAM_STABLE CANARY_PORT=$P_UPSTREAM_CANARY
+      fill "$cfg" "$cfg" "WASM_DIR=$wasm_tmp" "LUA_FILE=$ROOT/bench/lua/sidestream-equivalent.lua"
+      start "envoy-$v" taskset -c "$SERVER_CPU" envoy -c "$cfg" --concurrency 1 \
+        --disable-hot-restart --log-level warn
+      wait_http "envoy-$v" "http://127.0.0.1:$P_ENVOY_ADMIN/ready" 60
+      filter_variant_ready "$v"
+      local pid=${PIDS[envoy-$v]}
+      log "filter round $round/$FILTER_ROUNDS: $v: warm-up"
+      taskset -c "$CLIENT_CPU" wrk -t1 -c"$FILTER_CONNECTIONS" -d"$(( FILTER_SECONDS < 5 ? 1 : 5 ))s" \
+        -H 'x-user-id: user-42' "http://127.0.0.1:$P_ENVOY/" >/dev/null
+      log "filter round $round: $v: throughput (wrk -t1 -c$FILTER_CONNECTIONS -d${FILTER_SECONDS}s)"
+      local t0 t1 s0 s1
+      local c0s c0c c1s c1c
+      c0s=$(core_times "$SERVER_CPU"); c0c=$(core_times "$CLIENT_CPU")
+      t0=$(cpu_ticks "$pid"); s0=$(date +%s.%N)
+      taskset -c "$CLIENT_CPU" wrk -t1 -c"$FILTER_CONNECTIONS" -d"${FILTER_SECONDS}s" --latency \
+        -H 'x-user-id: user-42' "http://127.0.0.1:$P_ENVOY/" >"$RESULTS/filter-$v-wrk-r$round.txt"
+      t1=$(cpu_ticks "$pid"); s1=$(date +%s.%N)
+      c1s=$(core_times "$SERVER_CPU"); c1c=$(core_times "$CLIENT_CPU")
+      printf 'server core %s%% busy, client core %s%% busy\n' "$(core_busy "$c0s" "$c1s")" "$(core_busy "$c0c" "$c1c")" \
+        >"$RESULTS/filter-$v-cores-r$round.txt"
+      awk -v a="$t0" -v b="$t1" -v s="$s0" -v e="$s1" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%.1f\n", 100 * (b - a) / hz / (e - s) }' >"$RESULTS/filter-$v-cpu-r$round.txt"
+      log "filter round $round: $v: $(grep Requests/sec "$RESULTS/filter-$v-wrk-r$round.txt"), Envoy CPU $(cat "$RESULTS/filter-$v-cpu-r$round.txt")%, $(cat "$RESULTS/filter-$v-cores-r$round.txt")"
+      log "filter round $round: $v: latency at $FILTER_RATE req/s"
+      taskset -c "$CLIENT_CPU" "$BENCH" --threads 1 latency --url "http://127.0.0.1:$P_ENVOY/" \
+        --rate "$FILTER_RATE" --duration "$FILTER_SECONDS" --warmup 2 --connections 16 --vary-user \
+        --label "$v" --out "$RESULTS/filter-$v-latency-r$round.json" >/dev/null
+      alive "envoy-$v"
+      stop "envoy-$v"
+    done
+  done
+  stop upstream
+  # The median round (by throughput) of each variant is the reported one;
+  # for latency, the round with the median p99.
+  for v in "${variants[@]}"; do
+    local best
+    best=$(for f in "$RESULTS"/filter-"$v"-wrk-r*.txt; do
+             printf '%s %s\n' "$(awk '/Requests\/sec/ {print $2}' "$f")" "$f"; done | sort -n \
+           | awk '{a[NR]=$2} END {print a[int((NR+1)/2)]}')
+    cp "$best" "$RESULTS/filter-$v-wrk.txt"
+    cp "${best/-wrk-/-cpu-}" "$RESULTS/filter-$v-cpu.txt"
+    cp "${best/-wrk-/-cores-}" "$RESULTS/filter-$v-cores.txt"
+    best=$(for f in "$RESULTS"/filter-"$v"-latency-r*.json; do
+             printf '%s %s\n' "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["latency"]["p99_ms"])' "$f")" "$f"; done \
+           | sort -n | awk '{a[NR]=$2} END {print a[int((NR+1)/2)]}')
+    cp "$best" "$RESULTS/filter-$v-latency.json"
+  done
+  log "filter benchmark done"
+}
+
+# ------------------------------------------------------------- propagation
+bench_propagation() {
+  log "propagation benchmark: etcd → control plane → Envoy (2 workers) with the sidestream filter"
+  [ -f "$SIDESTREAM_WASM" ] || die "no sidestream filter at $SIDESTREAM_WASM"
+  for b in sidestream-control-plane; do [ -x "$SERVER_BIN/$b" ] || die "missing $SERVER_BIN/$b (cargo build --release --bins)"; done
+  rm -f "$RESULTS"/propagation*
+  rm -rf "$RUN/etcd"
+  ports_free "$P_ETCD" "$P_ETCD_PEER" "$P_CP_GRPC" "$P_CP_ADMIN" "$P_PROP_ENVOY" "$P_PROP_ENVOY_ADMIN"
+  start etcd etcd --name bench --data-dir "$RUN/etcd" \
+    --listen-client-urls "http://127.0.0.1:$P_ETCD" --advertise-client-urls "http://127.0.0.1:$P_ETCD" \
+    --listen-peer-urls "http://127.0.0.1:$P_ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$P_ETCD_PEER" \
+    --initial-cluster "bench=http://127.0.0.1:$P_ETCD_PEER" --log-level warn
+  wait_http etcd "http://127.0.0.1:$P_ETCD/health"
+  start control-plane "$SERVER_BIN/sidestream-control-plane" --etcd-endpoints "http://127.0.0.1:$P_ETCD" \
+    --prefix /sidestream --grpc-listen "127.0.0.1:$P_CP_GRPC" --admin-listen "127.0.0.1:$P_CP_ADMIN"
+  wait_http control-plane "http://127.0.0.1:$P_CP_ADMIN/readyz"
+  local cfg="$RUN/envoy-propagation.yaml"
+  cp "$SIDESTREAM_WASM" "$RUN/sidestream_filter_prop.wasm"
+  fill bench/envoy/propagation.yaml "$cfg" ADMIN_PORT=$P_PROP_ENVOY_ADMIN LISTEN_PORT=$P_PROP_ENVOY \
+    STABLE_PORT=$P_UPSTREAM_STABLE CANARY_PORT=$P_UPSTREAM_CANARY CP_PORT=$P_CP_GRPC \
+    "WASM=$RUN/sidestream_filter_prop.wasm"
+  start envoy-propagation envoy -c "$cfg" --concurrency 2 --disable-hot-restart --log-level warn
+  wait_http envoy-propagation "http://127.0.0.1:$P_PROP_ENVOY_ADMIN/ready" 60
+  # Wait until the filter instances have connected to the control plane.
+  local i
+  for i in $(seq 1 100); do
+    if curl -fsS "http://127.0.0.1:$P_CP_ADMIN/v1/clients" 2>/dev/null | grep -q '[A-Za-z]'; then break; fi
+    sleep 0.2
+  done
+  sleep 2
+  curl -fsS "http://127.0.0.1:$P_CP_ADMIN/v1/clients" >"$RESULTS/propagation-clients.json" || true
+  "$BENCH" propagation --etcd "http://127.0.0.1:$P_ETCD" --admin "http://127.0.0.1:$P_CP_ADMIN" \
+    --envoy-admin "http://127.0.0.1:$P_PROP_ENVOY_ADMIN" ${PROPAGATION_OBSERVE:+--observe "$PROPAGATION_OBSERVE"} \
+    --updates "$PROPAGATION_UPDATES" --interval-ms 50 --label propagation \
+    --out "$RESULTS/propagation.json" >/dev/null
+  curl -fsS "http://127.0.0.1:$P_CP_ADMIN/metrics" >"$RESULTS/propagation-control-plane-metrics.txt" || true
+  log "propagation: $(summary propagation "$RESULTS/propagation.json")"
+  stop envoy-propagation control-plane etcd
+}
+
+# -------------------------------------------------------------------- push
+# start_push_server <server> : starts it, sets SUB_URL_BASE, PUBLISH_KIND,
+# PUBLISH_URL_FOR (a function of the topic) and SERVER_PID.
+start_push_server() {
+  local s=$1
+  case "$s" in
+    sidestream) ports_free "$P_PUSH" "$P_PUSH_GRPC" ;;
+    nchan) ports_free "$P_NCHAN" ;;
+    pushpin) ports_free "$P_PUSHPIN" "$P_PUSHPIN_PUBLISH" "$P_GRIP_ORIGIN" "$P_PUSHPIN_PUSH_IN" "$P_PUSHPIN_PUSH_IN_SUB" "$P_PUSHPIN_COMMAND" ;;
+  esac
+  case "$s" in
+    sidestream)
+      [ -x "$SERVER_BIN/sidestream-push" ] || die "missing $SERVER_BIN/sidestream-push"
+      start push-sidestream "$SERVER_BIN/sidestream-push" --listen "127.0.0.1:$P_PUSH" --grpc-listen "127.0.0.1:$P_PUSH_GRPC"
+      wait_http push-sidestream "http://127.0.0.1:$P_PUSH/healthz/ready"
+      SERVER_PID=${PIDS[push-sidestream]} ;;
+    nchan)
+      local dir="$RUN/nchan"
+      rm -rf "$dir"; mkdir -p "$dir"
+      fill bench/nchan/nginx.conf "$dir/nginx.conf" "RUN_DIR=$dir" PORT=$P_NCHAN WORKERS="$(nproc)"
+      start push-nchan nginx -p "$dir" -c "$dir/nginx.conf"
+      wait_answer push-nchan "http://127.0.0.1:$P_NCHAN/pub?id=ping"
+      SERVER_PID=${PIDS[push-nchan]} ;;
+    pushpin)
+      local dir="$RUN/pushpin"
+      rm -rf "$dir"; mkdir -p "$dir/log"
+      fill bench/pushpin/pushpin.conf "$dir/pushpin.conf" "RUN_DIR=$dir" PORT=$P_PUSHPIN \
+        PUBLISH_PORT=$P_PUSHPIN_PUBLISH PUSH_IN_PORT=$P_PUSHPIN_PUSH_IN PUSH_IN_SUB_PORT=$P_PUSHPIN_PUSH_IN_SUB \
+        COMMAND_PORT=$P_PUSHPIN_COMMAND MESSAGE_RATE=$PUSHPIN_MESSAGE_RATE MESSAGE_HWM=$PUSHPIN_MESSAGE_HWM
+      echo "* 127.0.0.1:$P_GRIP_ORIGIN" >"$dir/routes"
+      start grip-origin "$BENCH" --threads 1 upstream --mode grip --listen "127.0.0.1:$P_GRIP_ORIGIN"
+      start push-pushpin pushpin --config "$dir/pushpin.conf" --merge-output
+      wait_answer push-pushpin "http://127.0.0.1:$P_PUSHPIN_PUBLISH/publish/"
+      wait_answer push-pushpin "http://127.0.0.1:$P_PUSHPIN/"
+      SERVER_PID=${PIDS[push-pushpin]} ;;
+    *) die "unknown push server $s" ;;
+  esac
+}
+
+stop_push_server() {
+  case "$1" in
+    sidestream) stop push-sidestream ;;
+    nchan) stop push-nchan ;;
+    pushpin) stop push-pushpin grip-origin ;;
+  esac
+}
+
+sub_url() { # server topic
+  case "$1" in
+    sidestream) echo "http://127.0.0.1:$P_PUSH/v1/events?topic=$2" ;;
+    nchan) echo "http://127.0.0.1:$P_NCHAN/sub/$2" ;;
+    pushpin) echo "http://127.0.0.1:$P_PUSHPIN/events/$2" ;;
+  esac
+}
+publish_url() { # server topic
+  case "$1" in
+    sidestream) echo "http://127.0.0.1:$P_PUSH/v1/topics/$2/messages" ;;
+    nchan) echo "http://127.0.0.1:$P_NCHAN/pub?id=$2" ;;
+    pushpin) echo "http://127.0.0.1:$P_PUSHPIN_PUBLISH/publish/" ;;
+  esac
+}
+
+fanout() { # server label subscribers steps sources
+  local s=$1 label=$2 n=$3 steps=$4 sources=$5 topic="bench-$2-$RANDOM"
+  "$BENCH" --threads "$PUSH_CLIENT_THREADS" fanout --label "$label" \
+    --sub-url "$(sub_url "$s" "$topic")" --publish-kind "$s" --publish-url "$(publish_url "$s" "$topic")" \
+    --topic "$topic" --subscribers "$n" --sources "$sources" --steps "$steps" \
+    --connect-concurrency "$PUSH_CONNECT_CONCURRENCY" --payload-bytes "$PUSH_PAYLOAD_BYTES" \
+    --out "$RESULTS/fanout-$label.json" >/dev/null
+}
+
+bench_push() {
+  local s
+  for s in $PUSH_SERVERS; do
+    rm -f "$RESULTS/memory-$s.json" "$RESULTS"/fanout-"$s"-* "$RESULTS/$s-out-of-sequence.txt"
+    log "push: $s: idle connections ($PUSH_IDLE) and memory"
+    start_push_server "$s"
+    "$BENCH" memory --url "$(sub_url "$s" "idle")" --server-pid "$SERVER_PID" \
+      --connections "$PUSH_IDLE" --processes 2 --sources 127.0.0.2-127.0.0.9 \
+      --work-dir "$RUN/tmp" --label "$s" --out "$RESULTS/memory-$s.json" >/dev/null
+    log "push: $s: $(summary memory "$RESULTS/memory-$s.json")"
+    stop_push_server "$s"
+    sleep 2
+
+    start_push_server "$s"
+    local n k=0
+    for n in $PUSH_SWEEP; do
+      k=$((k + 1))
+      log "push: $s: fan-out latency, $n subscribers at $PUSH_SWEEP_RATE msgs/s"
+      fanout "$s" "$s-subs-$n" "$n" "$PUSH_SWEEP_RATE:$PUSH_SWEEP_SECONDS" "127.0.0.$((10 + k * 4))-127.0.0.$((13 + k * 4))"
+      alive "push-$s"
+      sleep 2
+    done
+    log "push: $s: fan-out saturation, $PUSH_SUBSCRIBERS subscribers, steps $PUSH_STEPS"
+    fanout "$s" "$s-saturation" "$PUSH_SUBSCRIBERS" "$PUSH_STEPS" 127.0.0.40-127.0.0.47
+    alive "push-$s"
+    if [ "$s" = pushpin ]; then
+      # Debian's Pushpin 1.36 cancels streams it sees packets out of sequence on.
+      cat "$RUN/push-pushpin.log" "$RUN"/pushpin/log/*.log 2>/dev/null | grep -c 'out of sequence' \
+        >"$RESULTS/pushpin-out-of-sequence.txt" || true
+      log "push: pushpin logged $(cat "$RESULTS/pushpin-out-of-sequence.txt") 'out of sequence' cancellations"
+    fi
+    stop_push_server "$s"
+    sleep 2
+  done
+}
+
+# ------------------------------------------------------------------ report
+report() {
+  "$BENCH" report --results "$RESULTS" --svg-dir bench/results --template bench/BENCHMARKS.md.in --markdown BENCHMARKS.md
+}
+
+prepare
+conditions
+for w in "${what[@]}"; do
+  case "$w" in
+    filter) bench_filter ;;
+    propagation) bench_propagation ;;
+    push) bench_push ;;
+    report) report ;;
+  esac
+done
