@@ -16,3 +16,12 @@ pub mod config {
         pub const STREAM_CONFIG_METHOD: &str = "StreamConfig";
     }
 }
+
+/// Push server API (subscribe, publish).
+pub mod push {
+    /// Version 1 of the push API.
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/sidestream.push.v1.rs"));
+    }
+}

@@ -1,1 +1,30 @@
-//! sidestream-push.
+//! sidestream-push: the sidecar-side streaming server. Clients subscribe to
+//! topics over SSE, WebSocket or gRPC; publishers post over HTTP or gRPC;
+//! per-topic history with epoch-carrying ids makes reconnects lossless (or
+//! says explicitly what was lost). See `README` sections in each module:
+//! [`http`] (HTTP API), [`grpc`], [`event_id`] (SSE ids), [`broker`].
+//!
+//! The library builds the servers so tests run them in-process:
+//! [`state::AppState::new`], [`http::router`], [`grpc::service`],
+//! [`server::serve_http`], [`server::serve_grpc`].
+
+pub mod auth;
+pub mod broker;
+pub mod control_plane;
+pub mod error;
+pub mod event_id;
+pub mod grpc;
+pub mod http;
+pub mod hub;
+pub mod message;
+pub mod metrics;
+pub mod publish;
+pub mod server;
+pub mod slow;
+pub mod state;
+pub mod subscription;
+pub mod topics;
+pub mod trace;
+
+pub use error::PushError;
+pub use state::{AppState, BrokerSpec, Settings};

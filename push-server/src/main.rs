@@ -1,1 +1,337 @@
-fn main() {}
+//! `sidestream-push`: flags → settings → servers; SIGTERM drains.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use sidestream_push::server::{self, Shutdown};
+use sidestream_push::state::{AppState, BrokerSpec, Settings};
+use sidestream_push::topics::{self, TopicRegistry};
+
+/// Exit code for bad flags or config (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PublishAuth {
+    /// A token is required unless the HTTP listener is bound to loopback.
+    Auto,
+    /// A token is always required.
+    Required,
+    /// Anyone may publish.
+    Open,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TopicPolicy {
+    /// Topics without settings use the defaults.
+    Open,
+    /// Only configured topics exist (404 otherwise).
+    Configured,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// sidestream's push server: SSE, WebSocket and gRPC streams with topic history and lossless resume.
+#[derive(Debug, Parser)]
+#[command(name = "sidestream-push", version)]
+struct Cli {
+    /// HTTP listen address (SSE, WebSocket, publish, health, metrics).
+    #[arg(
+        long,
+        env = "SIDESTREAM_PUSH_LISTEN",
+        default_value = "127.0.0.1:18080"
+    )]
+    listen: SocketAddr,
+    /// gRPC listen address (sidestream.push.v1.Push).
+    #[arg(
+        long,
+        env = "SIDESTREAM_PUSH_GRPC_LISTEN",
+        default_value = "127.0.0.1:18090"
+    )]
+    grpc_listen: SocketAddr,
+    /// `memory`, or `redis://host:port[/db]` for Redis Streams shared by several push servers.
+    #[arg(long, env = "SIDESTREAM_PUSH_BROKER", default_value = "memory")]
+    broker: String,
+    /// Key prefix in Redis.
+    #[arg(
+        long,
+        env = "SIDESTREAM_PUSH_REDIS_PREFIX",
+        default_value = "sidestream:push"
+    )]
+    redis_prefix: String,
+    /// Control plane gRPC address for live topic settings, e.g. http://127.0.0.1:18000.
+    #[arg(long, env = "SIDESTREAM_PUSH_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// Cluster name reported to the control plane.
+    #[arg(long, env = "SIDESTREAM_PUSH_CLUSTER", default_value = "push")]
+    cluster: String,
+    /// File of TopicSettings documents (JSON or YAML).
+    #[arg(long, env = "SIDESTREAM_PUSH_CONFIG")]
+    config: Option<PathBuf>,
+    /// This server's name (logs, control plane).
+    #[arg(long, env = "SIDESTREAM_PUSH_NODE_ID")]
+    node_id: Option<String>,
+    /// Whether unconfigured topics exist.
+    #[arg(
+        long,
+        env = "SIDESTREAM_PUSH_TOPICS",
+        value_enum,
+        default_value = "open"
+    )]
+    topics: TopicPolicy,
+    /// Who may publish.
+    #[arg(
+        long,
+        env = "SIDESTREAM_PUSH_PUBLISH_AUTH",
+        value_enum,
+        default_value = "auto"
+    )]
+    publish_auth: PublishAuth,
+    /// HS256 secret for publish and subscription JWTs.
+    #[arg(long, env = "SIDESTREAM_PUSH_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Heartbeat interval (SSE comment, WebSocket ping, gRPC heartbeat).
+    #[arg(long, env = "SIDESTREAM_PUSH_HEARTBEAT", value_parser = parse_duration, default_value = "15s")]
+    heartbeat: Duration,
+    /// Per-subscriber queue in messages; a subscriber this far behind is cut.
+    #[arg(long, env = "SIDESTREAM_PUSH_QUEUE_CAPACITY", default_value_t = 1024)]
+    queue_capacity: usize,
+    /// The SSE `retry` sent on connect.
+    #[arg(long, env = "SIDESTREAM_PUSH_RETRY", value_parser = parse_duration, default_value = "2s")]
+    retry: Duration,
+    /// Drain: streams end with retry = this plus up to --drain-retry-jitter.
+    #[arg(long, env = "SIDESTREAM_PUSH_DRAIN_RETRY", value_parser = parse_duration, default_value = "1s")]
+    drain_retry: Duration,
+    #[arg(long, env = "SIDESTREAM_PUSH_DRAIN_RETRY_JITTER", value_parser = parse_duration, default_value = "5s")]
+    drain_retry_jitter: Duration,
+    /// Drain: how long to wait for streams to end before exiting.
+    #[arg(long, visible_alias = "drain-timeout", env = "SIDESTREAM_PUSH_DRAIN_GRACE", value_parser = parse_duration, default_value = "10s")]
+    drain_grace: Duration,
+    /// Deliveries slower than this (publish → write) go to /debug/slow-deliveries.
+    #[arg(long, env = "SIDESTREAM_PUSH_SLOW_DELIVERY_THRESHOLD", value_parser = parse_duration, default_value = "50ms")]
+    slow_delivery_threshold: Duration,
+    /// Slow deliveries kept.
+    #[arg(
+        long,
+        env = "SIDESTREAM_PUSH_SLOW_DELIVERY_RING",
+        default_value_t = 256
+    )]
+    slow_delivery_ring: usize,
+    /// How long an idempotency key is remembered.
+    #[arg(long, env = "SIDESTREAM_PUSH_IDEMPOTENCY_WINDOW", value_parser = parse_duration, default_value = "10m")]
+    idempotency_window: Duration,
+    /// Readiness fails while more deliveries than this are queued.
+    #[arg(long, env = "SIDESTREAM_PUSH_MAX_BACKLOG", default_value_t = 1_000_000)]
+    max_backlog: usize,
+    /// Topics the memory broker keeps at most.
+    #[arg(long, env = "SIDESTREAM_PUSH_MAX_TOPICS", default_value_t = 100_000)]
+    max_topics: usize,
+    /// Log format.
+    #[arg(
+        long,
+        env = "SIDESTREAM_PUSH_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// `250ms`, `15s`, `10m`, `1h` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 250ms, 15s, 10m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        _ => Err(format!("'{text}': unit must be ms, s, m or h")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let usage = error.use_stderr();
+            let _ = error.print();
+            return if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sidestream-push: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(error)) => {
+            tracing::error!("{error:#}");
+            eprintln!("sidestream-push: {error:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Runtime(error)) => {
+            tracing::error!("{error:#}");
+            eprintln!("sidestream-push: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Usage(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let broker = match cli.broker.as_str() {
+        "memory" => BrokerSpec::Memory,
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => BrokerSpec::Redis {
+            url: url.to_owned(),
+            prefix: cli.redis_prefix.clone(),
+        },
+        other => {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--broker must be 'memory' or redis://host:port, not '{other}'"
+            )))
+        }
+    };
+    if cli.queue_capacity == 0 {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--queue-capacity must be at least 1"
+        )));
+    }
+    let file_topics = match &cli.config {
+        Some(path) => topics::load_file(path).map_err(|e| Failure::Usage(e.into()))?,
+        None => Vec::new(),
+    };
+    let publish_open = match cli.publish_auth {
+        PublishAuth::Open => true,
+        PublishAuth::Required => false,
+        PublishAuth::Auto => cli.listen.ip().is_loopback(),
+    };
+    let node_id = cli
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("push-{}", std::process::id()));
+    let settings = Settings {
+        node_id: node_id.clone(),
+        heartbeat: cli.heartbeat,
+        queue_capacity: cli.queue_capacity,
+        retry: cli.retry,
+        drain_retry: cli.drain_retry,
+        drain_retry_jitter: cli.drain_retry_jitter,
+        drain_grace: cli.drain_grace,
+        publish_open,
+        jwt_secret: cli.jwt_secret.clone(),
+        slow_delivery_threshold: cli.slow_delivery_threshold,
+        slow_delivery_ring: cli.slow_delivery_ring,
+        idempotency_window: cli.idempotency_window,
+        max_backlog: cli.max_backlog,
+        max_topics: cli.max_topics,
+    };
+    let registry = TopicRegistry::new(file_topics, cli.topics == TopicPolicy::Open);
+    let state = AppState::new(settings, registry, &broker)
+        .await
+        .context("cannot set up the broker")
+        .map_err(Failure::Usage)?;
+    let http = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))
+        .map_err(Failure::Runtime)?;
+    let grpc = tokio::net::TcpListener::bind(cli.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.grpc_listen))
+        .map_err(Failure::Runtime)?;
+    tracing::info!(
+        node_id,
+        http = %cli.listen,
+        grpc = %cli.grpc_listen,
+        broker = state.broker.kind(),
+        publish_open,
+        "sidestream-push listening"
+    );
+    let shutdown = Shutdown::default();
+    let http_task = tokio::spawn(server::serve_http(http, state.clone(), shutdown.clone()));
+    let grpc_task = tokio::spawn(server::serve_grpc(grpc, state.clone(), shutdown.clone()));
+    if let Some(endpoint) = cli.control_plane.clone() {
+        tokio::spawn(sidestream_push::control_plane::follow(
+            state.clone(),
+            endpoint,
+            cli.cluster.clone(),
+        ));
+    }
+    server::termination().await;
+    drain_and_stop(&state, cli.drain_grace, &shutdown).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let _ = http_task.await;
+        let _ = grpc_task.await;
+    })
+    .await;
+    tracing::info!("Stopped");
+    Ok(())
+}
+
+async fn drain_and_stop(state: &Arc<AppState>, grace: Duration, shutdown: &Shutdown) {
+    let left = server::drain(state, grace).await;
+    if left > 0 {
+        tracing::warn!(
+            streams = left,
+            "Grace period over; closing the streams still open"
+        );
+    } else {
+        tracing::info!("Every stream drained");
+    }
+    shutdown.trigger();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+}

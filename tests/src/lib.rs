@@ -6,7 +6,14 @@
 //! (`make test` builds them first); the filter from
 //! `target/wasm32-wasip1/wasm-release/sidestream_filter.wasm` (`make filter`).
 
+pub mod browser;
+pub mod envoy;
+pub mod etcd;
 pub mod process;
+pub mod push;
+pub mod redis;
+pub mod stack;
+pub mod upstream;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -125,7 +132,11 @@ pub async fn wait_http_ok(url: &str, timeout: Duration) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     eventually(timeout, &format!("GET {url}"), || async {
         let response = client.get(url).send().await?;
-        anyhow::ensure!(response.status().is_success(), "status {}", response.status());
+        anyhow::ensure!(
+            response.status().is_success(),
+            "status {}",
+            response.status()
+        );
         Ok(())
     })
     .await

@@ -1,0 +1,512 @@
+//! Redis Streams broker: several push servers share topics, ids and history.
+//!
+//! Per topic `t` (prefix `p`):
+//! - `p:t:log`, a stream whose entry ids are `<seq>-0`, fields `x` (epoch),
+//!   `e` (event, empty for none), `d` (data), `t` (publish time, unix ns),
+//!   `p` (traceparent, empty for none); trimmed with `MAXLEN ~ historySize`
+//!   (the exact count and the age limit are applied when reading);
+//! - `p:t:meta`, a hash holding `epoch`, the last `seq` and `base` (the seq
+//!   the epoch started after: the Unix time in ms when it began, so sequence
+//!   numbers never go backwards and readers following the stream see the new
+//!   epoch). Losing it starts a new epoch (and a new stream), so resuming
+//!   clients are told;
+//! - `p:t:idem:<key>`, the id a publish with that idempotency key got (expires
+//!   after the idempotency window).
+//!
+//! One reader task per node follows, with `XREAD BLOCK`, the streams of the
+//! topics that have local subscribers and hands new entries to the hub.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, Client, Script, Value};
+use sidestream_core::config::TopicSettings;
+use tokio::sync::Notify;
+
+use super::{oldest_kept, plan_resume, Broker, BrokerError, BrokerFuture, Published, Resume};
+use crate::hub::Hub;
+use crate::message::{unix_nanos, Draft, Epoch, Message, MessageId};
+
+const PUBLISH_SCRIPT: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', ARGV[8], 'base', ARGV[8])
+end
+if ARGV[7] ~= '' then
+  local prior = redis.call('GET', KEYS[3])
+  if prior then return {prior, 1} end
+end
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0',
+  'x', epoch, 'e', ARGV[3], 'd', ARGV[4], 't', ARGV[5], 'p', ARGV[6])
+local id = epoch .. '-' .. seq
+if ARGV[7] ~= '' then redis.call('SET', KEYS[3], id, 'PX', ARGV[7]) end
+return {id, 0}
+"#;
+
+/// Entries fetched per stream per `XREAD`.
+const READ_BATCH: usize = 1024;
+/// How long one `XREAD` blocks.
+const READ_BLOCK_MS: u64 = 5_000;
+
+/// The Redis Streams broker.
+#[derive(Debug)]
+pub struct RedisBroker {
+    prefix: String,
+    commands: ConnectionManager,
+    publish_script: Script,
+    hub: Arc<Hub>,
+    idempotency_window: Duration,
+    reader: Arc<ReaderState>,
+    ready: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Default)]
+struct ReaderState {
+    /// Topic → the last sequence this node has dispatched.
+    watched: Mutex<HashMap<Arc<str>, u64>>,
+    changed: Notify,
+    /// `CLIENT ID` of the reader's connection (to unblock its XREAD).
+    client_id: Mutex<Option<i64>>,
+}
+
+impl RedisBroker {
+    /// Starts using Redis at `url` (`redis://host:port[/db]`): connections
+    /// are made lazily and re-made when lost; readiness follows a PING loop.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        hub: Arc<Hub>,
+        idempotency_window: Duration,
+    ) -> Result<RedisBroker, BrokerError> {
+        let client = Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_max_delay(Duration::from_secs(2));
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let broker = RedisBroker {
+            prefix: prefix.to_owned(),
+            commands,
+            publish_script: Script::new(PUBLISH_SCRIPT),
+            hub,
+            idempotency_window,
+            reader: Arc::new(ReaderState::default()),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        tokio::spawn(read_loop(
+            client,
+            broker.prefix.clone(),
+            broker.reader.clone(),
+            broker.hub.clone(),
+        ));
+        tokio::spawn(health_loop(broker.commands.clone(), broker.ready.clone()));
+        Ok(broker)
+    }
+
+    fn log_key(&self, topic: &str) -> String {
+        format!("{}:{topic}:log", self.prefix)
+    }
+
+    fn meta_key(&self, topic: &str) -> String {
+        format!("{}:{topic}:meta", self.prefix)
+    }
+
+    async fn publish_now(
+        &self,
+        topic: &Arc<str>,
+        settings: &TopicSettings,
+        draft: Draft,
+    ) -> Result<Published, BrokerError> {
+        let mut conn = self.commands.clone();
+        let idem_key = match &draft.idempotency_key {
+            Some(key) => format!("{}:{topic}:idem:{key}", self.prefix),
+            None => self.meta_key(topic),
+        };
+        let window_ms = if draft.idempotency_key.is_some() {
+            self.idempotency_window.as_millis().max(1).to_string()
+        } else {
+            String::new()
+        };
+        let (id, duplicate): (String, i64) = self
+            .publish_script
+            .key(self.log_key(topic))
+            .key(self.meta_key(topic))
+            .key(idem_key)
+            .arg(Epoch::random().to_string())
+            .arg(settings.history_size.max(1))
+            .arg(draft.event.as_deref().unwrap_or(""))
+            .arg(&draft.data[..])
+            .arg(unix_nanos())
+            .arg(draft.traceparent.as_deref().unwrap_or(""))
+            .arg(window_ms)
+            .arg(unix_nanos() / 1_000_000)
+            .invoke_async(&mut conn)
+            .await?;
+        let id = id
+            .parse::<MessageId>()
+            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        Ok(Published {
+            id,
+            duplicate: duplicate != 0,
+        })
+    }
+
+    async fn resume_now(
+        &self,
+        topic: &Arc<str>,
+        settings: &TopicSettings,
+        from: Option<MessageId>,
+    ) -> Result<Resume, BrokerError> {
+        let mut conn = self.commands.clone();
+        // Only what the resume needs: the newest `historySize` entries after
+        // `from` (or after the start, for a position from another epoch).
+        let lower = match from {
+            Some(from) if from.epoch != Epoch(0) => format!("({}-0", from.seq),
+            _ => "-".to_owned(),
+        };
+        let count = if from.is_some() {
+            settings.history_size
+        } else {
+            0
+        };
+        type Meta = (Option<String>, Option<u64>, Option<u64>);
+        let (meta, mut range): (Meta, StreamRangeReply) = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(self.meta_key(topic))
+            .arg("epoch")
+            .arg("seq")
+            .arg("base")
+            .cmd("XREVRANGE")
+            .arg(self.log_key(topic))
+            .arg("+")
+            .arg(&lower)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        let (epoch, head, base) = match meta {
+            (Some(epoch), Some(seq), base) => (
+                epoch
+                    .parse::<Epoch>()
+                    .map_err(|e| BrokerError::Protocol(e.to_string()))?,
+                seq,
+                base.unwrap_or(0),
+            ),
+            // No message yet: positions are "before any epoch".
+            _ => (Epoch(0), 0, 0),
+        };
+        if from.is_some_and(|f| f.epoch != Epoch(0) && f.epoch != epoch) && lower != "-" {
+            // Another epoch: everything held is replayed.
+            range = redis::cmd("XREVRANGE")
+                .arg(self.log_key(topic))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn)
+                .await?;
+        }
+        let oldest = oldest_kept(settings, unix_nanos());
+        let mut held: Vec<Arc<Message>> = Vec::with_capacity(range.ids.len());
+        for entry in range.ids.iter().rev() {
+            let message = entry_to_message(topic, entry)?;
+            if message.id.epoch == epoch
+                && message.published_unix_nanos >= oldest
+                && message.id.seq + settings.history_size as u64 > head
+            {
+                held.push(Arc::new(message));
+            }
+        }
+        let held_range = held
+            .first()
+            .zip(held.last())
+            .map(|(a, b)| (a.id.seq, b.id.seq));
+        let (after, reset) = plan_resume(from, epoch, base, head, held_range);
+        let messages = if from.is_some() {
+            held.into_iter().filter(|m| m.id.seq > after).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Resume {
+            messages,
+            reset,
+            position: MessageId { epoch, seq: after },
+        })
+    }
+
+    async fn watch_now(&self, topic: &Arc<str>) -> Result<(), BrokerError> {
+        let mut conn = self.commands.clone();
+        let head: Option<u64> = redis::cmd("HGET")
+            .arg(self.meta_key(topic))
+            .arg("seq")
+            .query_async(&mut conn)
+            .await?;
+        let added = {
+            let mut watched = self
+                .reader
+                .watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut added = false;
+            watched.entry(topic.clone()).or_insert_with(|| {
+                added = true;
+                head.unwrap_or(0)
+            });
+            added
+        };
+        if added {
+            self.wake_reader().await;
+        }
+        Ok(())
+    }
+
+    async fn wake_reader(&self) {
+        self.reader.changed.notify_one();
+        let client_id = *self
+            .reader
+            .client_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = client_id {
+            let mut conn = self.commands.clone();
+            let unblocked: Result<i64, _> = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(id)
+                .query_async(&mut conn)
+                .await;
+            if let Err(error) = unblocked {
+                tracing::debug!(%error, "CLIENT UNBLOCK failed; the reader picks the topic up after its block");
+            }
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a Arc<str>,
+        settings: &'a TopicSettings,
+        draft: Draft,
+    ) -> BrokerFuture<'a, Published> {
+        Box::pin(self.publish_now(topic, settings, draft))
+    }
+
+    fn resume<'a>(
+        &'a self,
+        topic: &'a Arc<str>,
+        settings: &'a TopicSettings,
+        from: Option<MessageId>,
+    ) -> BrokerFuture<'a, Resume> {
+        Box::pin(self.resume_now(topic, settings, from))
+    }
+
+    fn watch<'a>(&'a self, topic: &'a Arc<str>) -> BrokerFuture<'a, ()> {
+        Box::pin(self.watch_now(topic))
+    }
+
+    fn unwatch(&self, topic: &str) {
+        self.reader
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+fn field<'a>(entry: &'a StreamId, name: &str) -> Option<&'a [u8]> {
+    match entry.map.get(name) {
+        Some(Value::BulkString(bytes)) => Some(bytes),
+        Some(Value::SimpleString(text)) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn text_field(entry: &StreamId, name: &str) -> Result<String, BrokerError> {
+    let bytes = field(entry, name).ok_or_else(|| {
+        BrokerError::Protocol(format!("stream entry {} lacks field '{name}'", entry.id))
+    })?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        BrokerError::Protocol(format!(
+            "stream entry {}: field '{name}' is not UTF-8",
+            entry.id
+        ))
+    })
+}
+
+fn entry_to_message(topic: &Arc<str>, entry: &StreamId) -> Result<Message, BrokerError> {
+    let seq = entry
+        .id
+        .split_once('-')
+        .and_then(|(seq, _)| seq.parse::<u64>().ok())
+        .ok_or_else(|| BrokerError::Protocol(format!("stream entry id '{}'", entry.id)))?;
+    let epoch = text_field(entry, "x")?
+        .parse::<Epoch>()
+        .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+    let event = text_field(entry, "e")?;
+    let traceparent = text_field(entry, "p")?;
+    let published = text_field(entry, "t")?
+        .parse::<u64>()
+        .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+    let data = Bytes::copy_from_slice(field(entry, "d").unwrap_or_default());
+    Ok(Message::new(
+        topic.clone(),
+        MessageId { epoch, seq },
+        (!event.is_empty()).then(|| event.into_boxed_str()),
+        data,
+        published,
+        (!traceparent.is_empty()).then(|| traceparent.into_boxed_str()),
+    ))
+}
+
+/// PINGs Redis every second; readiness follows.
+async fn health_loop(mut conn: ConnectionManager, ready: Arc<AtomicBool>) {
+    loop {
+        let ok = tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if ready.swap(ok, Ordering::AcqRel) != ok {
+            if ok {
+                tracing::info!("Redis reachable again");
+            } else {
+                tracing::warn!("Redis unreachable: not ready");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn reader_connection(
+    client: &Client,
+    state: &ReaderState,
+) -> Result<MultiplexedConnection, BrokerError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_millis(READ_BLOCK_MS + 5_000)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut conn)
+        .await?;
+    *state.client_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+    Ok(conn)
+}
+
+/// Follows the watched streams and dispatches new entries to the hub.
+async fn read_loop(client: Client, prefix: String, state: Arc<ReaderState>, hub: Arc<Hub>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut conn: Option<MultiplexedConnection> = None;
+    loop {
+        let connection = match &mut conn {
+            Some(c) => c,
+            None => match reader_connection(&client, &state).await {
+                Ok(c) => {
+                    backoff = Duration::from_millis(100);
+                    conn.insert(c)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Redis reader cannot connect; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        let watched: Vec<(Arc<str>, u64, String)> = state
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(topic, seq)| (topic.clone(), *seq, format!("{prefix}:{topic}:log")))
+            .collect();
+        if watched.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), state.changed.notified()).await;
+            continue;
+        }
+        let mut command = redis::cmd("XREAD");
+        command
+            .arg("COUNT")
+            .arg(READ_BATCH)
+            .arg("BLOCK")
+            .arg(READ_BLOCK_MS)
+            .arg("STREAMS");
+        for (_, _, key) in &watched {
+            command.arg(key);
+        }
+        for (_, seq, _) in &watched {
+            command.arg(format!("{seq}-0"));
+        }
+        let reply: Result<Option<StreamReadReply>, _> = command.query_async(connection).await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(error) => {
+                if !error.to_string().contains("UNBLOCKED") {
+                    tracing::warn!(%error, "Redis XREAD failed; reconnecting");
+                    conn = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                continue;
+            }
+        };
+        let Some(reply) = reply else { continue };
+        for stream in reply.keys {
+            let Some(topic) = watched
+                .iter()
+                .find(|(_, _, key)| *key == stream.key)
+                .map(|(t, _, _)| t.clone())
+            else {
+                continue;
+            };
+            let mut last = None;
+            for entry in &stream.ids {
+                if let Some(seq) = entry
+                    .id
+                    .split_once('-')
+                    .and_then(|(seq, _)| seq.parse::<u64>().ok())
+                {
+                    last = Some(seq);
+                }
+                match entry_to_message(&topic, entry) {
+                    Ok(message) => {
+                        hub.dispatch(&Arc::new(message));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, topic = %topic, "Skipping an unreadable stream entry")
+                    }
+                }
+            }
+            if let Some(seq) = last {
+                if let Some(position) = state
+                    .watched
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&topic)
+                {
+                    *position = (*position).max(seq);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The gRPC API (`sidestream.push.v1.Push`): `Subscribe` and `Publish`, the
+//! same topics, ids, resume and auth as HTTP.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use sidestream_proto::push::v1::push_server::{Push, PushServer};
+use sidestream_proto::push::v1::{
+    subscribe_event, Heartbeat, Message as ProtoMessage, PublishRequest, PublishResponse, Reset,
+    SubscribeEvent, SubscribeRequest, Subscribed,
+};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tonic::{Request, Response, Status};
+
+use crate::error::PushError;
+use crate::message::{Draft, MessageId};
+use crate::metrics::Transport;
+use crate::state::AppState;
+use crate::subscription::{Event, Subscription};
+
+/// The tonic service.
+#[derive(Debug, Clone)]
+pub struct PushService {
+    state: Arc<AppState>,
+}
+
+/// The gRPC service for a server (add it to a `tonic::transport::Server`).
+pub fn service(state: Arc<AppState>) -> PushServer<PushService> {
+    PushServer::new(PushService { state })
+}
+
+fn bearer<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    crate::auth::bearer(Some(value)).map(str::to_owned)
+}
+
+fn traceparent<T>(request: &Request<T>) -> Option<String> {
+    crate::trace::accept_traceparent(
+        request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+#[tonic::async_trait]
+impl Push for PushService {
+    type SubscribeStream =
+        Pin<Box<dyn Stream<Item = Result<SubscribeEvent, Status>> + Send + 'static>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let token = bearer(&request);
+        let trace_id = traceparent(&request);
+        let span = tracing::info_span!(
+            "request",
+            kind = "grpc-subscribe",
+            trace_id = trace_id.as_deref().and_then(crate::trace::trace_id)
+        );
+        let _entered = span.enter();
+        let topics = request.into_inner().topics;
+        if topics.is_empty() {
+            return Err(PushError::BadRequest("name at least one topic".into()).into());
+        }
+        let mut positions = Vec::with_capacity(topics.len());
+        for (i, position) in topics.iter().enumerate() {
+            if topics[..i].iter().any(|p| p.topic == position.topic) {
+                return Err(PushError::BadRequest(format!(
+                    "topic '{}' is listed twice",
+                    position.topic
+                ))
+                .into());
+            }
+            let settings = self.state.topics.get(&position.topic)?;
+            self.state
+                .auth
+                .authorize_subscribe(&position.topic, &settings, token.as_deref())?;
+            let from = if position.from.is_empty() {
+                None
+            } else {
+                Some(
+                    position
+                        .from
+                        .parse::<MessageId>()
+                        .map_err(|e| PushError::BadRequest(e.to_string()))?,
+                )
+            };
+            positions.push(from);
+        }
+        drop(_entered);
+        let mut subscription = Subscription::open(&self.state, Transport::Grpc, None)?;
+        for (position, from) in topics.iter().zip(positions) {
+            subscription.add(&position.topic, from).await?;
+        }
+        let heartbeat = self
+            .state
+            .settings
+            .heartbeat
+            .max(std::time::Duration::from_millis(10));
+        let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Response::new(Box::pin(GrpcStream {
+            subscription,
+            heartbeat: ticks,
+            done: false,
+        })))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let token = bearer(&request);
+        let traceparent = traceparent(&request);
+        let request = request.into_inner();
+        let draft = Draft {
+            data: request.data,
+            event: Some(request.event).filter(|e| !e.is_empty()),
+            idempotency_key: Some(request.idempotency_key).filter(|k| !k.is_empty()),
+            traceparent,
+        };
+        let published =
+            crate::publish::publish(&self.state, &request.topic, token.as_deref(), draft).await?;
+        Ok(Response::new(PublishResponse {
+            id: published.id.to_string(),
+            duplicate: published.duplicate,
+        }))
+    }
+}
+
+struct GrpcStream {
+    subscription: Subscription,
+    heartbeat: Interval,
+    done: bool,
+}
+
+fn event(event: subscribe_event::Event) -> Option<Result<SubscribeEvent, Status>> {
+    Some(Ok(SubscribeEvent { event: Some(event) }))
+}
+
+impl Stream for GrpcStream {
+    type Item = Result<SubscribeEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.subscription.poll_event(cx) {
+            Poll::Ready(Some(Event::Message { message, .. })) => {
+                let depth = this.subscription.queued();
+                this.subscription.state().delivered(
+                    Transport::Grpc,
+                    &message,
+                    message.data.len(),
+                    depth,
+                );
+                Poll::Ready(event(subscribe_event::Event::Message(ProtoMessage {
+                    topic: message.topic.to_string(),
+                    id: message.id.to_string(),
+                    event: message.event.as_deref().unwrap_or_default().to_owned(),
+                    data: message.data.clone(),
+                    published_unix_nanos: i64::try_from(message.published_unix_nanos)
+                        .unwrap_or(i64::MAX),
+                })))
+            }
+            Poll::Ready(Some(Event::Reset {
+                index,
+                reason,
+                position,
+            })) => Poll::Ready(event(subscribe_event::Event::Reset(Reset {
+                topic: this.subscription.cursors()[index].name.to_string(),
+                reason: reason.as_str().to_owned(),
+                position: position.to_string(),
+            }))),
+            Poll::Ready(Some(Event::Live { index })) => {
+                let cursor = &this.subscription.cursors()[index];
+                Poll::Ready(event(subscribe_event::Event::Subscribed(Subscribed {
+                    topic: cursor.name.to_string(),
+                    position: cursor.position.to_string(),
+                })))
+            }
+            Poll::Ready(Some(Event::Drain { retry_ms })) => {
+                this.done = true;
+                Poll::Ready(Some(Err(PushError::Draining { retry_ms }.into())))
+            }
+            Poll::Ready(Some(Event::SlowConsumer)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(PushError::SlowConsumer.into())))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.heartbeat.poll_tick(cx).is_ready() {
+                    return Poll::Ready(event(subscribe_event::Event::Heartbeat(Heartbeat {})));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! `GET /v1/events?topic=a&topic=b` — Server-Sent Events.
+//!
+//! On connect the stream writes `retry: <ms>`; then one event per message
+//! (`id`, `event` when the message has one, `data`), `sidestream.reset`
+//! events (data `{"topic", "reason", "position"}`) when a resume missed
+//! messages, heartbeat comments, and at the end `sidestream.drain` (with a
+//! jittered `retry`) or `sidestream.disconnect` (`{"reason":"slow-consumer"}`).
+//! `Last-Event-ID` (header, or the `lastEventId` query parameter) resumes every
+//! topic; see [`crate::event_id`] for the id format.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header as h, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::Frame;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tracing::Instrument;
+
+use super::{header, request_span, token, QueryParams};
+use crate::error::PushError;
+use crate::event_id;
+use crate::hub::ConnectionControl;
+use crate::metrics::Transport;
+use crate::state::AppState;
+use crate::subscription::{Event, Subscription};
+
+const HEARTBEAT: &[u8] = b":\n\n";
+
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    connection: Option<Extension<Arc<ConnectionControl>>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, PushError> {
+    let query = QueryParams::parse(query.as_deref());
+    let body = open(&state, connection.map(|c| c.0), &query, &headers).await?;
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        h::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(h::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // EventSource pages served from another origin may listen (auth is by token, not cookie).
+    headers.insert(
+        h::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    Ok(response)
+}
+
+/// Authorises and subscribes an SSE request; the body streams its events.
+/// (Shared by the axum route and the direct HTTP/1.1 path in [`crate::server`].)
+pub async fn open(
+    state: &Arc<AppState>,
+    connection: Option<Arc<ConnectionControl>>,
+    query: &QueryParams,
+    headers: &HeaderMap,
+) -> Result<SseBody, PushError> {
+    let (span, _) = request_span("sse", headers);
+    let subscription = subscribe(state, connection, query, headers)
+        .instrument(span.clone())
+        .await;
+    let subscription = match subscription {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            span.in_scope(|| tracing::info!(error = %error, "SSE subscribe refused"));
+            return Err(error);
+        }
+    };
+    let retry = u64::try_from(state.settings.retry.as_millis()).unwrap_or(u64::MAX);
+    Ok(SseBody::new(subscription, state.settings.heartbeat, retry))
+}
+
+async fn subscribe(
+    state: &Arc<AppState>,
+    connection: Option<Arc<ConnectionControl>>,
+    query: &QueryParams,
+    headers: &HeaderMap,
+) -> Result<Subscription, PushError> {
+    let topics: Vec<&str> = query.all("topic").collect();
+    if topics.is_empty() {
+        return Err(PushError::BadRequest(
+            "name at least one topic: /v1/events?topic=a&topic=b".into(),
+        ));
+    }
+    for (i, topic) in topics.iter().enumerate() {
+        if topics[..i].contains(topic) {
+            return Err(PushError::BadRequest(format!(
+                "topic '{topic}' is listed twice"
+            )));
+        }
+    }
+    let bearer = token(headers, query);
+    for topic in &topics {
+        let settings = state.topics.get(topic)?;
+        state.auth.authorize_subscribe(topic, &settings, bearer)?;
+    }
+    let last_event_id = header(headers, "last-event-id")
+        .or_else(|| query.first("lastEventId"))
+        .filter(|id| !id.is_empty());
+    let positions = match last_event_id {
+        Some(id) => Some(event_id::decode(id, topics.len())?),
+        None => None,
+    };
+    let mut subscription = Subscription::open(state, Transport::Sse, connection)?;
+    for (i, topic) in topics.iter().enumerate() {
+        subscription
+            .add(topic, positions.as_ref().map(|p| p[i]))
+            .await?;
+    }
+    tracing::debug!(topics = ?topics, resumed = last_event_id.is_some(), "SSE subscribed");
+    Ok(subscription)
+}
+
+/// The response body: frames straight from the subscription, no intermediate stream.
+pub struct SseBody {
+    subscription: Subscription,
+    heartbeat: Interval,
+    /// The second half of an event (multi-topic streams write the id line first).
+    next: Option<Bytes>,
+    start: Option<Bytes>,
+    done: bool,
+}
+
+impl SseBody {
+    fn new(subscription: Subscription, heartbeat: Duration, retry_ms: u64) -> SseBody {
+        let heartbeat = heartbeat.max(Duration::from_millis(10));
+        let mut interval = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        SseBody {
+            subscription,
+            heartbeat: interval,
+            next: None,
+            start: Some(Bytes::from(format!("retry: {retry_ms}\n\n"))),
+            done: false,
+        }
+    }
+
+    fn id_line(&self) -> BytesMut {
+        let mut out = BytesMut::with_capacity(64);
+        out.put_slice(b"id: ");
+        out.put_slice(event_id::encode(&self.subscription.positions()).as_bytes());
+        out.put_u8(b'\n');
+        out
+    }
+
+    fn control_event(
+        &self,
+        with_id: bool,
+        event: &str,
+        data: &serde_json::Value,
+        retry_ms: Option<u64>,
+    ) -> Bytes {
+        let mut out = if with_id {
+            self.id_line()
+        } else {
+            BytesMut::with_capacity(128)
+        };
+        if let Some(retry) = retry_ms {
+            out.put_slice(format!("retry: {retry}\n").as_bytes());
+        }
+        out.put_slice(format!("event: {event}\ndata: {data}\n\n").as_bytes());
+        out.freeze()
+    }
+
+    fn frame(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        if let Some(start) = this.start.take() {
+            this.subscription
+                .state()
+                .metrics
+                .control_bytes(Transport::Sse, start.len());
+            return this.frame(start);
+        }
+        if let Some(next) = this.next.take() {
+            return this.frame(next);
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.subscription.poll_event(cx) {
+                Poll::Ready(Some(Event::Message { message, .. })) => {
+                    let depth = this.subscription.queued();
+                    if this.subscription.cursors().len() == 1 {
+                        let frame = message.sse_frame();
+                        this.subscription.state().delivered(
+                            Transport::Sse,
+                            &message,
+                            frame.len(),
+                            depth,
+                        );
+                        return this.frame(frame);
+                    }
+                    let id = this.id_line().freeze();
+                    let body = message.sse_body();
+                    this.subscription.state().delivered(
+                        Transport::Sse,
+                        &message,
+                        id.len() + body.len(),
+                        depth,
+                    );
+                    this.next = Some(body);
+                    return this.frame(id);
+                }
+                Poll::Ready(Some(Event::Reset {
+                    index,
+                    reason,
+                    position,
+                })) => {
+                    let topic = this.subscription.cursors()[index].name.to_string();
+                    let data = serde_json::json!({ "topic": topic, "reason": reason.as_str(), "position": position.to_string() });
+                    let frame = this.control_event(true, "sidestream.reset", &data, None);
+                    this.subscription
+                        .state()
+                        .metrics
+                        .control_bytes(Transport::Sse, frame.len());
+                    return this.frame(frame);
+                }
+                Poll::Ready(Some(Event::Live { .. })) => continue,
+                Poll::Ready(Some(Event::Drain { retry_ms })) => {
+                    this.done = true;
+                    let data = serde_json::json!({ "reason": "draining", "retryMs": retry_ms });
+                    let frame =
+                        this.control_event(false, "sidestream.drain", &data, Some(retry_ms));
+                    return this.frame(frame);
+                }
+                Poll::Ready(Some(Event::SlowConsumer)) => {
+                    this.done = true;
+                    let data = serde_json::json!({ "reason": "slow-consumer", "queueCapacity": this.subscription.state().settings.queue_capacity });
+                    let frame = this.control_event(false, "sidestream.disconnect", &data, None);
+                    return this.frame(frame);
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    if this.heartbeat.poll_tick(cx).is_ready() {
+                        this.subscription
+                            .state()
+                            .metrics
+                            .control_bytes(Transport::Sse, HEARTBEAT.len());
+                        return this.frame(Bytes::from_static(HEARTBEAT));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.next.is_none() && self.start.is_none()
+    }
+}

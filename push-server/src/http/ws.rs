@@ -1,0 +1,274 @@
+//! `GET /v1/ws` — WebSocket subscriptions with JSON text frames.
+//!
+//! Client → server:
+//! - `{"type":"subscribe","topic":"a","from":"<message id>"?,"token":"<jwt>"?}`
+//! - `{"type":"unsubscribe","topic":"a"}`
+//!
+//! Server → client:
+//! - `{"type":"message","topic","id","event","data","publishedUnixNanos"}`
+//! - `{"type":"reset","topic","reason","position"}` (missed messages; replay follows)
+//! - `{"type":"subscribed","topic","position"}` (replay done, live from here)
+//! - `{"type":"unsubscribed","topic"}`
+//! - `{"type":"error","topic"?,"error","message"}` (the connection stays open)
+//! - `{"type":"drain","retryMs"}` then close 1012; `{"type":"disconnect","reason":"slow-consumer"}` then close 1013.
+//!
+//! A token for topics with `subscribeAuth: token` may also come in the
+//! upgrade's `Authorization` header or `token` query parameter. Pings go out
+//! at the heartbeat interval.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Extension;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use super::{request_span, token, QueryParams};
+use crate::error::PushError;
+use crate::hub::ConnectionControl;
+use crate::message::MessageId;
+use crate::metrics::Transport;
+use crate::state::AppState;
+use crate::subscription::{Event, Subscription};
+
+/// Close code: the server restarts (drain).
+const CLOSE_SERVICE_RESTART: u16 = 1012;
+/// Close code: try again later (slow consumer).
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// How long a cut subscriber gets to take its goodbye frame.
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Largest client frame accepted.
+const MAX_CLIENT_FRAME: usize = 16 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+enum ClientFrame {
+    Subscribe {
+        topic: String,
+        #[serde(default)]
+        from: Option<String>,
+        #[serde(default)]
+        token: Option<String>,
+    },
+    Unsubscribe {
+        topic: String,
+    },
+}
+
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    connection: Option<Extension<Arc<ConnectionControl>>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, PushError> {
+    let (span, _) = request_span("websocket", &headers);
+    let query = QueryParams::parse(query.as_deref());
+    let token = token(&headers, &query).map(str::to_owned);
+    // After the upgrade the HTTP connection is gone: the socket gets its own
+    // control, so a slow consumer that stops reading is still cut.
+    drop(connection);
+    let control = Arc::new(ConnectionControl::default());
+    let subscription = Subscription::open(&state, Transport::WebSocket, Some(control.clone()))?;
+    let heartbeat = state.settings.heartbeat;
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| {
+            async move {
+                tokio::select! {
+                    () = run(socket, subscription, token, heartbeat) => {}
+                    () = async {
+                        control.cut_requested().await;
+                        tokio::time::sleep(CUT_GRACE).await;
+                    } => tracing::info!("Closed a WebSocket that stopped reading"),
+                }
+            }
+            .instrument(span)
+        }))
+}
+
+async fn run(
+    mut socket: WebSocket,
+    mut subscription: Subscription,
+    token: Option<String>,
+    heartbeat: std::time::Duration,
+) {
+    let heartbeat = heartbeat.max(std::time::Duration::from_millis(10));
+    let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = subscription.next_event() => {
+                let Some(event) = event else { break };
+                match write_event(&mut socket, &subscription, event).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => break,
+                }
+            }
+            frame = socket.recv() => {
+                match frame {
+                    Some(Ok(WsMessage::Text(text))) => {
+                        let reply = handle_client_frame(&mut subscription, token.as_deref(), text.as_str()).await;
+                        if let Some(reply) = reply {
+                            if send_json(&mut socket, &subscription, reply).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        let reply = error_frame(None, &PushError::BadRequest("send JSON text frames".into()));
+                        if send_json(&mut socket, &subscription, reply).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = ticks.tick() => {
+                if socket.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn handle_client_frame(
+    subscription: &mut Subscription,
+    upgrade_token: Option<&str>,
+    text: &str,
+) -> Option<serde_json::Value> {
+    let frame: ClientFrame = match serde_json::from_str(text) {
+        Ok(frame) => frame,
+        Err(error) => {
+            return Some(error_frame(
+                None,
+                &PushError::BadRequest(format!("unreadable frame: {error}")),
+            ));
+        }
+    };
+    match frame {
+        ClientFrame::Subscribe { topic, from, token } => {
+            let result = async {
+                let state = subscription.state().clone();
+                let settings = state.topics.get(&topic)?;
+                state.auth.authorize_subscribe(
+                    &topic,
+                    &settings,
+                    token.as_deref().or(upgrade_token),
+                )?;
+                let from = match from.as_deref().filter(|f| !f.is_empty()) {
+                    Some(from) => Some(
+                        from.parse::<MessageId>()
+                            .map_err(|e| PushError::BadRequest(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                subscription.add(&topic, from).await
+            }
+            .await;
+            // Success is announced by the `subscribed` event after the replay.
+            result.err().map(|error| error_frame(Some(&topic), &error))
+        }
+        ClientFrame::Unsubscribe { topic } => {
+            subscription.remove(&topic);
+            Some(serde_json::json!({ "type": "unsubscribed", "topic": topic }))
+        }
+    }
+}
+
+fn error_frame(topic: Option<&str>, error: &PushError) -> serde_json::Value {
+    serde_json::json!({ "type": "error", "topic": topic, "error": error.code(), "message": error.to_string() })
+}
+
+async fn send_json(
+    socket: &mut WebSocket,
+    subscription: &Subscription,
+    value: serde_json::Value,
+) -> Result<(), axum::Error> {
+    let text = value.to_string();
+    subscription
+        .state()
+        .metrics
+        .control_bytes(Transport::WebSocket, text.len());
+    socket.send(WsMessage::Text(Utf8Bytes::from(text))).await
+}
+
+/// Writes one event; `Ok(false)` when the stream is over.
+async fn write_event(
+    socket: &mut WebSocket,
+    subscription: &Subscription,
+    event: Event,
+) -> Result<bool, axum::Error> {
+    match event {
+        Event::Message { message, .. } => {
+            let frame = message.ws_frame();
+            let len = frame.len();
+            let depth = subscription.queued();
+            let text = Utf8Bytes::try_from(frame).map_err(axum::Error::new)?;
+            socket.send(WsMessage::Text(text)).await?;
+            subscription
+                .state()
+                .delivered(Transport::WebSocket, &message, len, depth);
+            Ok(true)
+        }
+        Event::Reset {
+            index,
+            reason,
+            position,
+        } => {
+            let topic = subscription.cursors()[index].name.to_string();
+            send_json(socket, subscription, serde_json::json!({ "type": "reset", "topic": topic, "reason": reason.as_str(), "position": position.to_string() })).await?;
+            Ok(true)
+        }
+        Event::Live { index } => {
+            let cursor = &subscription.cursors()[index];
+            send_json(socket, subscription, serde_json::json!({ "type": "subscribed", "topic": &*cursor.name, "position": cursor.position.to_string() })).await?;
+            Ok(true)
+        }
+        Event::Drain { retry_ms } => {
+            send_json(
+                socket,
+                subscription,
+                serde_json::json!({ "type": "drain", "retryMs": retry_ms }),
+            )
+            .await?;
+            close(
+                socket,
+                CLOSE_SERVICE_RESTART,
+                &format!("draining; retry in {retry_ms} ms"),
+            )
+            .await;
+            Ok(false)
+        }
+        Event::SlowConsumer => {
+            let _ = send_json(
+                socket,
+                subscription,
+                serde_json::json!({ "type": "disconnect", "reason": "slow-consumer" }),
+            )
+            .await;
+            close(socket, CLOSE_TRY_AGAIN_LATER, "slow consumer").await;
+            Ok(false)
+        }
+    }
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        socket.send(WsMessage::Close(Some(frame))),
+    )
+    .await;
+}

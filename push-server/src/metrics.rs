@@ -1,0 +1,363 @@
+//! Prometheus metrics (`/metrics`). Every name is a constant with its help
+//! text; counters get `_total` appended by the encoder.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+/// How a subscriber is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Sse,
+    WebSocket,
+    Grpc,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Sse, Transport::WebSocket, Transport::Grpc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::WebSocket => "websocket",
+            Transport::Grpc => "grpc",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Transport::Sse => 0,
+            Transport::WebSocket => 1,
+            Transport::Grpc => 2,
+        }
+    }
+}
+
+pub const STREAMS_ACTIVE: (&str, &str) = (
+    "sidestream_push_streams_active",
+    "Open subscriber streams, by transport",
+);
+pub const TOPIC_SUBSCRIBERS: (&str, &str) = (
+    "sidestream_push_topic_subscribers",
+    "Subscribers on this node, by topic",
+);
+pub const MESSAGES_PUBLISHED: (&str, &str) = (
+    "sidestream_push_messages_published",
+    "Messages accepted for publishing on this node (duplicates excluded)",
+);
+pub const PUBLISH_DUPLICATES: (&str, &str) = (
+    "sidestream_push_publish_duplicates",
+    "Publishes answered with an earlier message id (idempotency key seen)",
+);
+pub const PUBLISH_REJECTED: (&str, &str) = (
+    "sidestream_push_publish_rejected",
+    "Publishes refused, by reason",
+);
+pub const MESSAGES_DELIVERED: (&str, &str) = (
+    "sidestream_push_messages_delivered",
+    "Messages written to subscribers, by transport",
+);
+pub const BYTES_SENT: (&str, &str) = (
+    "sidestream_push_bytes_sent",
+    "Bytes of events written to subscribers, by transport",
+);
+pub const BACKLOG: (&str, &str) = (
+    "sidestream_push_backlog_messages",
+    "Deliveries queued for subscribers and not yet written",
+);
+pub const SLOW_CONSUMER_DISCONNECTS: (&str, &str) = (
+    "sidestream_push_slow_consumer_disconnects",
+    "Subscribers cut because their queue overflowed, by transport",
+);
+pub const RESUMES: (&str, &str) = (
+    "sidestream_push_resumes",
+    "Subscriptions that gave a resume position, by outcome",
+);
+pub const PUBLISH_TO_WRITE: (&str, &str) = (
+    "sidestream_push_publish_to_write_seconds",
+    "Time from publish to the event being handed to the subscriber's connection, by transport",
+);
+pub const DRAINING: (&str, &str) = (
+    "sidestream_push_draining",
+    "1 while the server drains (SIGTERM)",
+);
+pub const CONFIG_UPDATES: (&str, &str) = (
+    "sidestream_push_config_updates",
+    "Control-plane snapshots, by result (ack, nack)",
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransportLabel {
+    transport: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TopicLabel {
+    topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Per-transport handles, taken once so the hot path never looks up a family.
+#[derive(Debug, Clone)]
+struct PerTransport {
+    active: Gauge,
+    delivered: Counter,
+    bytes: Counter,
+    slow: Counter,
+    latency: LatencyHistogram,
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    per_transport: [PerTransport; 3],
+    topic_subscribers: Family<TopicLabel, Gauge>,
+    pub published: Counter,
+    pub duplicates: Counter,
+    rejected: Family<ReasonLabel, Counter>,
+    resumes: Family<OutcomeLabel, Counter>,
+    backlog: Gauge,
+    draining: Gauge,
+    config_updates: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let active = Family::<TransportLabel, Gauge>::default();
+        let delivered = Family::<TransportLabel, Counter>::default();
+        let bytes = Family::<TransportLabel, Counter>::default();
+        let slow = Family::<TransportLabel, Counter>::default();
+        let latency = Family::<TransportLabel, LatencyHistogram>::default();
+        let per_transport = Transport::ALL.map(|t| {
+            let label = TransportLabel {
+                transport: t.as_str(),
+            };
+            PerTransport {
+                active: active.get_or_create(&label).clone(),
+                delivered: delivered.get_or_create(&label).clone(),
+                bytes: bytes.get_or_create(&label).clone(),
+                slow: slow.get_or_create(&label).clone(),
+                latency: latency.get_or_create(&label).clone(),
+            }
+        });
+        let metrics = Metrics {
+            per_transport,
+            topic_subscribers: Family::default(),
+            published: Counter::default(),
+            duplicates: Counter::default(),
+            rejected: Family::default(),
+            resumes: Family::default(),
+            backlog: Gauge::default(),
+            draining: Gauge::default(),
+            config_updates: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(STREAMS_ACTIVE.0, STREAMS_ACTIVE.1, active);
+        registry.register(
+            TOPIC_SUBSCRIBERS.0,
+            TOPIC_SUBSCRIBERS.1,
+            metrics.topic_subscribers.clone(),
+        );
+        registry.register(
+            MESSAGES_PUBLISHED.0,
+            MESSAGES_PUBLISHED.1,
+            metrics.published.clone(),
+        );
+        registry.register(
+            PUBLISH_DUPLICATES.0,
+            PUBLISH_DUPLICATES.1,
+            metrics.duplicates.clone(),
+        );
+        registry.register(
+            PUBLISH_REJECTED.0,
+            PUBLISH_REJECTED.1,
+            metrics.rejected.clone(),
+        );
+        registry.register(MESSAGES_DELIVERED.0, MESSAGES_DELIVERED.1, delivered);
+        registry.register(BYTES_SENT.0, BYTES_SENT.1, bytes);
+        registry.register(BACKLOG.0, BACKLOG.1, metrics.backlog.clone());
+        registry.register(
+            SLOW_CONSUMER_DISCONNECTS.0,
+            SLOW_CONSUMER_DISCONNECTS.1,
+            slow,
+        );
+        registry.register(RESUMES.0, RESUMES.1, metrics.resumes.clone());
+        registry.register(PUBLISH_TO_WRITE.0, PUBLISH_TO_WRITE.1, latency);
+        registry.register(DRAINING.0, DRAINING.1, metrics.draining.clone());
+        registry.register(
+            CONFIG_UPDATES.0,
+            CONFIG_UPDATES.1,
+            metrics.config_updates.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    fn transport(&self, transport: Transport) -> &PerTransport {
+        &self.per_transport[transport.index()]
+    }
+
+    pub fn stream_opened(&self, transport: Transport) {
+        self.transport(transport).active.inc();
+    }
+
+    pub fn stream_closed(&self, transport: Transport) {
+        self.transport(transport).active.dec();
+    }
+
+    /// One event written to a subscriber.
+    pub fn delivered(&self, transport: Transport, bytes: usize, latency: Duration) {
+        let t = self.transport(transport);
+        t.delivered.inc();
+        t.bytes.inc_by(bytes as u64);
+        t.latency.observe(latency);
+    }
+
+    /// Bytes written that are not messages (resets, heartbeats, retry lines).
+    pub fn control_bytes(&self, transport: Transport, bytes: usize) {
+        self.transport(transport).bytes.inc_by(bytes as u64);
+    }
+
+    pub fn slow_consumer(&self, transport: Transport) {
+        self.transport(transport).slow.inc();
+    }
+
+    pub fn active_streams(&self, transport: Transport) -> i64 {
+        self.transport(transport).active.get()
+    }
+
+    pub fn topic_subscribers(&self, topic: &str) -> Gauge {
+        self.topic_subscribers
+            .get_or_create(&TopicLabel {
+                topic: topic.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn forget_topic(&self, topic: &str) {
+        self.topic_subscribers.remove(&TopicLabel {
+            topic: topic.to_owned(),
+        });
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn resume(&self, outcome: &'static str) {
+        self.resumes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn config_update(&self, result: &'static str) {
+        self.config_updates
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.set(i64::from(draining));
+    }
+
+    /// The OpenMetrics text, with the backlog gauge set to `backlog` first.
+    pub fn encode(&self, backlog: usize) -> String {
+        self.backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::warn!("Encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Upper bounds (seconds) of the latency buckets.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A lock-free histogram (prometheus-client's takes a lock per observation,
+/// too much at hundreds of thousands of deliveries a second).
+#[derive(Debug, Clone, Default)]
+pub struct LatencyHistogram {
+    inner: Arc<LatencyInner>,
+}
+
+#[derive(Debug, Default)]
+struct LatencyInner {
+    buckets: [AtomicU64; 17],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum_nanos.fetch_add(
+            u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // The encoder accumulates the per-bucket counts itself.
+        let mut count = 0u64;
+        let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+        for (i, bound) in LATENCY_BUCKETS
+            .iter()
+            .chain([f64::INFINITY].iter())
+            .enumerate()
+        {
+            let n = self.inner.buckets[i].load(Ordering::Relaxed);
+            count += n;
+            buckets.push((*bound, n));
+        }
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}

@@ -1,0 +1,198 @@
+//! Serving: the HTTP accept loop (SSE subscriptions on HTTP/1.1 served
+//! directly, see [`direct_sse`]; everything else by hyper, with a handle to
+//! cut each connection), the gRPC server, and the drain.
+
+pub mod direct_sse;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::hub::ConnectionControl;
+use crate::state::AppState;
+
+/// Largest buffer hyper keeps per connection (read and write).
+const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+/// How long a cut connection may still write before it is closed.
+const CUT_GRACE: Duration = Duration::from_secs(2);
+/// How long a client may take to send request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A signal that the servers should stop (set after the drain).
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Serves the HTTP API on `listener` until `shutdown`.
+pub async fn serve_http(listener: TcpListener, state: Arc<AppState>, shutdown: Shutdown) {
+    let router = crate::http::router(state.clone());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_CONNECTION_BUFFER)
+        .writev(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.wait() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "Accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            state.clone(),
+            router.clone(),
+            builder.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    router: axum::Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: Shutdown,
+) {
+    if let Some(request) = direct_sse::take_sse_request(&mut stream).await {
+        // Boxed: an idle subscriber's task then holds only what its stream needs.
+        Box::pin(direct_sse::serve(stream, request, state, shutdown)).await;
+        return;
+    }
+    Box::pin(serve_hyper(stream, peer, router, builder, shutdown)).await;
+}
+
+async fn serve_hyper(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: axum::Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: Shutdown,
+) {
+    let control = Arc::new(ConnectionControl::default());
+    let request_control = control.clone();
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(request_control.clone());
+        router.clone().oneshot(request)
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, error = %error, "Connection ended with an error");
+            }
+            return;
+        }
+        () = control.cut_requested() => {
+            tracing::debug!(%peer, "Cutting a connection");
+        }
+        () = shutdown.wait() => {
+            connection.as_mut().graceful_shutdown();
+        }
+    }
+    let _ = tokio::time::timeout(CUT_GRACE, connection).await;
+}
+
+/// Serves the gRPC API on `listener` until `shutdown`.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: Shutdown,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .add_service(crate::grpc::service(state))
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
+        .await
+}
+
+/// Drains: readiness false, streams told to retry, then waits until they are
+/// gone or `grace` passed. Returns the streams still open.
+pub async fn drain(state: &AppState, grace: Duration) -> usize {
+    state.begin_drain();
+    let deadline = Instant::now() + grace;
+    loop {
+        let open = state.hub.stream_count();
+        if open == 0 || Instant::now() >= deadline {
+            return open;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Resolves at SIGTERM or SIGINT.
+pub async fn termination() {
+    {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM"),
+                        _ = int.recv() => tracing::info!("SIGINT"),
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

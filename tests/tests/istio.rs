@@ -1,0 +1,1279 @@
+//! The Istio manifests in `istio/` are valid, consistent and complete:
+//! - every Istio resource validates against Istio's own CRD schemas
+//!   (`<repo>/../shared/reference/istio-crds.yaml`), strictly (an unknown field
+//!   is an error, as `kubectl apply`'s default strict field validation makes it);
+//! - every Kubernetes resource validates against the Kubernetes schemas
+//!   (`kubernetes-validate --strict`, from PyPI, installed by
+//!   `scripts/install-deps.sh test`);
+//! - cross-references hold: Service selectors and target ports, subsets,
+//!   VirtualService hosts, gateways and ports, the WasmPlugin's control-plane
+//!   cluster, HPA and PDB targets, service accounts, probes;
+//! - and each check fails on a manifest broken on purpose.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+/// One manifest file: its name and its single resource.
+#[derive(Clone)]
+struct Manifest {
+    file: String,
+    doc: Value,
+}
+
+fn istio_dir() -> PathBuf {
+    sidestream_tests::workspace_root().join("istio")
+}
+
+/// Istio's CRDs, kept in the shared folder beside the repository.
+fn istio_crds_path() -> PathBuf {
+    let root = sidestream_tests::workspace_root();
+    let path = root.join("../shared/reference/istio-crds.yaml");
+    assert!(
+        path.is_file(),
+        "Istio's CRD schemas are missing: expected {} (the shared/ folder beside the repository, \
+         as CI's clone has it). The Istio manifest tests validate against them and cannot run without them.",
+        path.display()
+    );
+    path
+}
+
+fn yaml_documents(text: &str) -> anyhow::Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value: Value = serde::Deserialize::deserialize(document)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// Every `*.yaml` under istio/ except the kustomization, one resource each.
+fn load_manifests() -> Vec<Manifest> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(istio_dir())
+        .expect("istio/ exists")
+        .map(|entry| entry.expect("readable dir entry").path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        })
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name != "kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no manifests in {}",
+        istio_dir().display()
+    );
+    files
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).expect("readable manifest");
+            let docs = yaml_documents(&text)
+                .unwrap_or_else(|e| panic!("{}: not valid YAML: {e}", path.display()));
+            assert_eq!(
+                docs.len(),
+                1,
+                "{}: one Kubernetes resource per file, found {}",
+                path.display(),
+                docs.len()
+            );
+            Manifest {
+                file: path
+                    .file_name()
+                    .expect("file name")
+                    .to_string_lossy()
+                    .into_owned(),
+                doc: docs.into_iter().next().expect("one document"),
+            }
+        })
+        .collect()
+}
+
+fn kind(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or("")
+}
+fn name(doc: &Value) -> &str {
+    doc["metadata"]["name"].as_str().unwrap_or("")
+}
+fn namespace(doc: &Value) -> &str {
+    doc["metadata"]["namespace"].as_str().unwrap_or("")
+}
+fn api_group(doc: &Value) -> &str {
+    let api_version = doc["apiVersion"].as_str().unwrap_or("");
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+fn is_istio(doc: &Value) -> bool {
+    api_group(doc).ends_with("istio.io")
+}
+
+fn is_kebab(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|items| items.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn labels(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn subset_of(wanted: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+    wanted.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+// ---------------------------------------------------------------------------
+// Istio CRD schemas
+
+/// Turns a CRD's OpenAPI v3 structural schema into a JSON Schema (draft 4)
+/// with the API server's semantics: `nullable` allows null, and an object with
+/// `properties` accepts no other field unless it preserves unknown fields.
+/// Strictness is not added inside `anyOf`/`oneOf`/`allOf`/`not`, which in CRDs
+/// only state which fields are required together.
+fn structural_to_json_schema(node: &mut Value, strict: bool) {
+    let Value::Object(map) = node else { return };
+    if map.get("nullable") == Some(&Value::Bool(true)) {
+        if let Some(Value::String(ty)) = map.get("type").cloned() {
+            map.insert("type".into(), json!([ty, "null"]));
+        }
+        map.remove("nullable");
+    }
+    let preserve = map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if strict
+        && map.contains_key("properties")
+        && !map.contains_key("additionalProperties")
+        && !preserve
+    {
+        map.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    if let Some(Value::Object(properties)) = map.get_mut("properties") {
+        for child in properties.values_mut() {
+            structural_to_json_schema(child, true);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child @ Value::Object(_)) = map.get_mut(key) {
+            structural_to_json_schema(child, true);
+        }
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(Value::Array(children)) = map.get_mut(key) {
+            for child in children {
+                structural_to_json_schema(child, false);
+            }
+        }
+    }
+    if let Some(child) = map.get_mut("not") {
+        structural_to_json_schema(child, false);
+    }
+}
+
+struct CrdVersion {
+    served: bool,
+    validator: jsonschema::Validator,
+}
+
+/// (group, version, kind) → schema of that CRD version.
+fn istio_crd_validators() -> BTreeMap<(String, String, String), CrdVersion> {
+    let path = istio_crds_path();
+    let text = std::fs::read_to_string(&path).expect("readable CRD file");
+    let mut validators = BTreeMap::new();
+    for crd in yaml_documents(&text).expect("CRD file is YAML") {
+        if kind(&crd) != "CustomResourceDefinition" {
+            continue;
+        }
+        let group = crd["spec"]["group"].as_str().expect("CRD group").to_owned();
+        let crd_kind = crd["spec"]["names"]["kind"]
+            .as_str()
+            .expect("CRD kind")
+            .to_owned();
+        for version in crd["spec"]["versions"].as_array().expect("CRD versions") {
+            let version_name = version["name"].as_str().expect("version name").to_owned();
+            let mut schema = version["schema"]["openAPIV3Schema"].clone();
+            assert!(
+                schema.is_object(),
+                "{crd_kind} {version_name}: no openAPIV3Schema"
+            );
+            // The API server checks these itself; the CRD schema leaves them out.
+            schema["properties"]["apiVersion"] = json!({"type": "string"});
+            schema["properties"]["kind"] = json!({"type": "string"});
+            schema["properties"]["metadata"] = json!({
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 253},
+                    "namespace": {"type": "string"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
+                }
+            });
+            structural_to_json_schema(&mut schema, true);
+            let validator = jsonschema::draft4::new(&schema).unwrap_or_else(|e| {
+                panic!("{crd_kind} {version_name}: schema does not compile: {e}")
+            });
+            validators.insert(
+                (group.clone(), version_name, crd_kind.clone()),
+                CrdVersion {
+                    served: version["served"].as_bool().unwrap_or(false),
+                    validator,
+                },
+            );
+        }
+    }
+    assert!(
+        validators.len() > 10,
+        "{}: expected Istio's CRDs, found {} versions",
+        path.display(),
+        validators.len()
+    );
+    validators
+}
+
+/// Problems of one Istio resource against its CRD schema.
+fn crd_problems(
+    manifest: &Manifest,
+    crds: &BTreeMap<(String, String, String), CrdVersion>,
+) -> Vec<String> {
+    let doc = &manifest.doc;
+    let api_version = doc["apiVersion"].as_str().unwrap_or("");
+    let Some((group, version)) = api_version.split_once('/') else {
+        return vec![format!(
+            "{}: apiVersion '{api_version}' has no group",
+            manifest.file
+        )];
+    };
+    let key = (group.to_owned(), version.to_owned(), kind(doc).to_owned());
+    let Some(crd) = crds.get(&key) else {
+        return vec![format!(
+            "{}: Istio has no CRD for {} {api_version}",
+            manifest.file,
+            kind(doc)
+        )];
+    };
+    let mut problems = Vec::new();
+    if !crd.served {
+        problems.push(format!(
+            "{}: {api_version} {} is not served",
+            manifest.file,
+            kind(doc)
+        ));
+    }
+    for error in crd.validator.iter_errors(doc) {
+        problems.push(format!(
+            "{}: at '{}': {error}",
+            manifest.file,
+            error.instance_path()
+        ));
+    }
+    problems
+}
+
+// ---------------------------------------------------------------------------
+// Cross-references
+
+struct Workload<'a> {
+    file: &'a str,
+    kind: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+    pod_labels: BTreeMap<String, String>,
+    /// container port name → number
+    ports: BTreeMap<String, u64>,
+    pod_spec: &'a Value,
+}
+
+fn workloads(manifests: &[Manifest]) -> Vec<Workload<'_>> {
+    manifests
+        .iter()
+        .filter(|m| matches!(kind(&m.doc), "Deployment" | "StatefulSet"))
+        .map(|m| {
+            let pod_spec = &m.doc["spec"]["template"]["spec"];
+            let mut ports = BTreeMap::new();
+            for container in pod_spec["containers"].as_array().into_iter().flatten() {
+                for port in container["ports"].as_array().into_iter().flatten() {
+                    let number = port["containerPort"].as_u64().unwrap_or(0);
+                    let port_name = port["name"].as_str().unwrap_or("").to_owned();
+                    ports.insert(port_name, number);
+                }
+            }
+            Workload {
+                file: &m.file,
+                kind: kind(&m.doc),
+                namespace: namespace(&m.doc),
+                name: name(&m.doc),
+                pod_labels: labels(&m.doc["spec"]["template"]["metadata"]["labels"]),
+                ports,
+                pod_spec,
+            }
+        })
+        .collect()
+}
+
+fn find<'a>(
+    manifests: &'a [Manifest],
+    kind_name: &str,
+    ns: &str,
+    resource: &str,
+) -> Option<&'a Manifest> {
+    manifests
+        .iter()
+        .find(|m| kind(&m.doc) == kind_name && namespace(&m.doc) == ns && name(&m.doc) == resource)
+}
+
+/// The Service an in-mesh host names: `<name>.<namespace>.svc.cluster.local`
+/// (or the short forms relative to `ns`).
+fn service_for_host<'a>(manifests: &'a [Manifest], host: &str, ns: &str) -> Option<&'a Manifest> {
+    let host = host.trim_end_matches(".svc.cluster.local");
+    let (svc, svc_ns) = host.split_once('.').unwrap_or((host, ns));
+    find(manifests, "Service", svc_ns, svc)
+}
+
+fn selected<'w, 'a>(
+    all: &'w [Workload<'a>],
+    ns: &str,
+    selector: &BTreeMap<String, String>,
+) -> Vec<&'w Workload<'a>> {
+    all.iter()
+        .filter(|w| w.namespace == ns && !selector.is_empty() && subset_of(selector, &w.pod_labels))
+        .collect()
+}
+
+fn service_ports(service: &Value) -> Vec<&Value> {
+    service["spec"]["ports"]
+        .as_array()
+        .map(|p| p.iter().collect())
+        .unwrap_or_default()
+}
+
+fn is_grpc_port(port: &Value) -> bool {
+    port["appProtocol"].as_str() == Some("grpc")
+        || port["name"]
+            .as_str()
+            .is_some_and(|n| n == "grpc" || n.starts_with("grpc-"))
+}
+
+/// A duration as the push server and Istio write it: `30s`, `500ms`, `2m`.
+fn duration_secs(text: &str) -> Option<f64> {
+    let text = text.trim().trim_matches('"');
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse::<f64>().ok().map(|v| v / 1000.0);
+    }
+    if let Some(s) = text.strip_suffix('s') {
+        return s.parse().ok();
+    }
+    if let Some(m) = text.strip_suffix('m') {
+        return m.parse::<f64>().ok().map(|v| v * 60.0);
+    }
+    text.parse().ok()
+}
+
+/// The release policy the WasmPlugin embeds for the push service: its tag
+/// header and groups.
+fn wasm_release(manifests: &[Manifest]) -> Option<(String, Vec<String>)> {
+    let plugin = manifests.iter().find(|m| kind(&m.doc) == "WasmPlugin")?;
+    let releases = plugin.doc["spec"]["pluginConfig"]["defaults"]["releases"].as_object()?;
+    let policy = releases.values().next()?;
+    Some((
+        policy["tagHeader"].as_str()?.to_owned(),
+        strings(&policy["groups"])
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    ))
+}
+
+/// Every broken cross-reference, described.
+fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let all_workloads = workloads(manifests);
+    let namespaces: BTreeSet<&str> = manifests
+        .iter()
+        .filter(|m| kind(&m.doc) == "Namespace")
+        .map(|m| name(&m.doc))
+        .chain(["istio-system"])
+        .collect();
+
+    for m in manifests {
+        let ns = namespace(&m.doc);
+        if kind(&m.doc) != "Namespace" && !namespaces.contains(ns) {
+            problems.push(format!(
+                "{}: namespace '{ns}' is neither istio-system nor created here",
+                m.file
+            ));
+        }
+    }
+
+    // Workloads: selectors, service accounts, probe ports.
+    for w in &all_workloads {
+        let m = manifests
+            .iter()
+            .find(|m| m.file == w.file)
+            .expect("workload manifest");
+        let selector = labels(&m.doc["spec"]["selector"]["matchLabels"]);
+        if selector.is_empty() || !subset_of(&selector, &w.pod_labels) {
+            problems.push(format!(
+                "{}: selector {selector:?} does not match its pod labels {:?}",
+                w.file, w.pod_labels
+            ));
+        }
+        if let Some(account) = w.pod_spec["serviceAccountName"].as_str() {
+            if find(manifests, "ServiceAccount", w.namespace, account).is_none() {
+                problems.push(format!(
+                    "{}: serviceAccountName '{account}' has no ServiceAccount",
+                    w.file
+                ));
+            }
+        }
+        for container in w.pod_spec["containers"].as_array().into_iter().flatten() {
+            for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+                let probe_value = &container[probe];
+                for handler in ["httpGet", "tcpSocket", "grpc"] {
+                    match &probe_value[handler]["port"] {
+                        Value::String(port) if !w.ports.contains_key(port) => {
+                            problems.push(format!(
+                            "{}: {probe} uses port '{port}', which the container does not declare",
+                            w.file
+                        ))
+                        }
+                        Value::Number(n) if !w.ports.values().any(|p| Some(*p) == n.as_u64()) => {
+                            problems.push(format!(
+                                "{}: {probe} uses port {n}, which the container does not declare",
+                                w.file
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    // Services: selectors and target ports.
+    for service in manifests.iter().filter(|m| kind(&m.doc) == "Service") {
+        let ns = namespace(&service.doc);
+        let selector = labels(&service.doc["spec"]["selector"]);
+        let backends = selected(&all_workloads, ns, &selector);
+        if backends.is_empty() {
+            problems.push(format!(
+                "{}: selector {selector:?} matches no Deployment or StatefulSet",
+                service.file
+            ));
+        }
+        for port in service_ports(&service.doc) {
+            let target = &port["targetPort"];
+            for backend in &backends {
+                let ok = match target {
+                    Value::String(port_name) => backend.ports.contains_key(port_name),
+                    Value::Number(n) => backend.ports.values().any(|p| Some(*p) == n.as_u64()),
+                    _ => backend
+                        .ports
+                        .values()
+                        .any(|p| Some(*p) == port["port"].as_u64()),
+                };
+                if !ok {
+                    problems.push(format!(
+                        "{}: targetPort {target} does not exist in {} {}",
+                        service.file, backend.kind, backend.name
+                    ));
+                }
+            }
+        }
+    }
+
+    // DestinationRules: host and subsets.
+    let mut subsets_by_service: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for rule in manifests
+        .iter()
+        .filter(|m| kind(&m.doc) == "DestinationRule")
+    {
+        let ns = namespace(&rule.doc);
+        let host = rule.doc["spec"]["host"].as_str().unwrap_or("");
+        let Some(service) = service_for_host(manifests, host, ns) else {
+            problems.push(format!("{}: host '{host}' names no Service", rule.file));
+            continue;
+        };
+        let selector = labels(&service.doc["spec"]["selector"]);
+        let backends = selected(&all_workloads, namespace(&service.doc), &selector);
+        let entry = subsets_by_service
+            .entry((
+                namespace(&service.doc).to_owned(),
+                name(&service.doc).to_owned(),
+            ))
+            .or_default();
+        for subset in rule.doc["spec"]["subsets"].as_array().into_iter().flatten() {
+            let subset_name = subset["name"].as_str().unwrap_or("");
+            entry.insert(subset_name.to_owned());
+            let subset_labels = labels(&subset["labels"]);
+            if !backends
+                .iter()
+                .any(|w| subset_of(&subset_labels, &w.pod_labels))
+            {
+                problems.push(format!(
+                    "{}: subset '{subset_name}' labels {subset_labels:?} match no pod behind Service {}",
+                    rule.file,
+                    name(&service.doc)
+                ));
+            }
+        }
+    }
+
+    // VirtualServices: gateways, hosts, destinations, subsets, ports, tag header.
+    let release = wasm_release(manifests);
+    for vs in manifests
+        .iter()
+        .filter(|m| kind(&m.doc) == "VirtualService")
+    {
+        let ns = namespace(&vs.doc);
+        let gateways = strings(&vs.doc["spec"]["gateways"]);
+        let mesh = gateways.is_empty() || gateways.contains(&"mesh");
+        let mut gateway_hosts: BTreeSet<&str> = BTreeSet::new();
+        for gateway in gateways.iter().filter(|g| **g != "mesh") {
+            let (gw_ns, gw_name) = gateway.split_once('/').unwrap_or((ns, gateway));
+            match find(manifests, "Gateway", gw_ns, gw_name) {
+                Some(gw) => {
+                    for server in gw.doc["spec"]["servers"].as_array().into_iter().flatten() {
+                        gateway_hosts.extend(strings(&server["hosts"]));
+                    }
+                }
+                None => problems.push(format!("{}: gateway '{gateway}' does not exist", vs.file)),
+            }
+        }
+        let mut mesh_ports: Vec<u64> = Vec::new();
+        for host in strings(&vs.doc["spec"]["hosts"]) {
+            if mesh {
+                match service_for_host(manifests, host, ns) {
+                    Some(service) => mesh_ports.extend(
+                        service_ports(&service.doc)
+                            .iter()
+                            .filter_map(|p| p["port"].as_u64()),
+                    ),
+                    None => problems.push(format!("{}: host '{host}' names no Service", vs.file)),
+                }
+            } else if !gateway_hosts.contains(host) && !gateway_hosts.contains("*") {
+                problems.push(format!(
+                    "{}: host '{host}' is served by none of its gateways",
+                    vs.file
+                ));
+            }
+        }
+        for route in vs.doc["spec"]["http"].as_array().into_iter().flatten() {
+            let route_name = route["name"].as_str().unwrap_or("?");
+            for matcher in route["match"].as_array().into_iter().flatten() {
+                if let Some(port) = matcher["port"].as_u64() {
+                    if !mesh_ports.contains(&port) {
+                        problems.push(format!("{}: route '{route_name}' matches port {port}, which its hosts do not expose", vs.file));
+                    }
+                }
+                if let Some(headers) = matcher["headers"].as_object() {
+                    for (header, condition) in headers {
+                        let Some((tag_header, groups)) = &release else {
+                            problems.push(format!("{}: route '{route_name}' matches a header but the WasmPlugin embeds no release policy", vs.file));
+                            continue;
+                        };
+                        if header != tag_header {
+                            problems.push(format!("{}: route '{route_name}' matches header '{header}', not the release tag '{tag_header}'", vs.file));
+                        }
+                        if let Some(group) = condition["exact"].as_str() {
+                            if !groups.iter().any(|g| g == group) {
+                                problems.push(format!("{}: route '{route_name}' matches group '{group}', not one of {groups:?}", vs.file));
+                            }
+                        }
+                    }
+                }
+            }
+            for destination in route["route"].as_array().into_iter().flatten() {
+                let destination = &destination["destination"];
+                let host = destination["host"].as_str().unwrap_or("");
+                let Some(service) = service_for_host(manifests, host, ns) else {
+                    problems.push(format!(
+                        "{}: route '{route_name}' sends to '{host}', which names no Service",
+                        vs.file
+                    ));
+                    continue;
+                };
+                if let Some(port) = destination["port"]["number"].as_u64() {
+                    if !service_ports(&service.doc)
+                        .iter()
+                        .any(|p| p["port"].as_u64() == Some(port))
+                    {
+                        problems.push(format!("{}: route '{route_name}' sends to port {port}, which Service {} does not expose", vs.file, name(&service.doc)));
+                    }
+                }
+                if let Some(subset) = destination["subset"].as_str() {
+                    let key = (
+                        namespace(&service.doc).to_owned(),
+                        name(&service.doc).to_owned(),
+                    );
+                    if !subsets_by_service
+                        .get(&key)
+                        .is_some_and(|s| s.contains(subset))
+                    {
+                        problems.push(format!("{}: route '{route_name}' uses subset '{subset}', which no DestinationRule for {} defines", vs.file, name(&service.doc)));
+                    }
+                }
+            }
+        }
+    }
+
+    // The release groups are exactly the push service's subsets.
+    if let Some((_, groups)) = &release {
+        let groups: BTreeSet<String> = groups.iter().cloned().collect();
+        if !subsets_by_service
+            .values()
+            .any(|subsets| subsets == &groups)
+        {
+            problems.push(format!(
+                "wasm plugin: release groups {groups:?} are not the subsets of any DestinationRule ({subsets_by_service:?})"
+            ));
+        }
+    }
+
+    // WasmPlugin: module pinned, control plane cluster is a Service gRPC port.
+    for plugin in manifests.iter().filter(|m| kind(&m.doc) == "WasmPlugin") {
+        let spec = &plugin.doc["spec"];
+        let sha = spec["sha256"].as_str().unwrap_or("");
+        if sha.len() != 64
+            || !sha
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        {
+            problems.push(format!(
+                "{}: sha256 '{sha}' is not 64 lowercase hex digits",
+                plugin.file
+            ));
+        }
+        let url = spec["url"].as_str().unwrap_or("");
+        if !["https://", "http://", "oci://", "file://"]
+            .iter()
+            .any(|s| url.starts_with(s))
+        {
+            problems.push(format!(
+                "{}: url '{url}' is not http(s)://, oci:// or file://",
+                plugin.file
+            ));
+        }
+        let targets = ["selector", "targetRef", "targetRefs"]
+            .iter()
+            .filter(|k| !spec[**k].is_null())
+            .count();
+        if targets > 1 {
+            problems.push(format!(
+                "{}: only one of selector, targetRef, targetRefs may be set",
+                plugin.file
+            ));
+        }
+        let cluster = spec["pluginConfig"]["controlPlane"]["cluster"]
+            .as_str()
+            .unwrap_or("");
+        let parts: Vec<&str> = cluster.split('|').collect();
+        match parts.as_slice() {
+            ["outbound", port, "", host] => {
+                let port: u64 = port.parse().unwrap_or(0);
+                match host.strip_suffix(".svc.cluster.local").and_then(|h| h.split_once('.')) {
+                    Some((svc, svc_ns)) => match find(manifests, "Service", svc_ns, svc) {
+                        Some(service) => {
+                            let port_spec = service_ports(&service.doc).into_iter().find(|p| p["port"].as_u64() == Some(port));
+                            match port_spec {
+                                Some(p) if is_grpc_port(p) => {}
+                                Some(_) => problems.push(format!("{}: control plane cluster port {port} of Service {svc} is not declared gRPC (HTTP/2)", plugin.file)),
+                                None => problems.push(format!("{}: control plane cluster port {port} is not a port of Service {svc}", plugin.file)),
+                            }
+                            if !svc.contains("control-plane") {
+                                problems.push(format!("{}: control plane cluster names Service {svc}, not the control plane", plugin.file));
+                            }
+                        }
+                        None => problems.push(format!("{}: control plane cluster '{cluster}' names no Service", plugin.file)),
+                    },
+                    None => problems.push(format!("{}: control plane cluster host '{host}' is not <service>.<namespace>.svc.cluster.local", plugin.file)),
+                }
+            }
+            _ => problems.push(format!(
+                "{}: control plane cluster '{cluster}' is not an Istio cluster name outbound|<port>||<service FQDN>",
+                plugin.file
+            )),
+        }
+    }
+
+    // HPAs and PDBs point at something.
+    for hpa in manifests
+        .iter()
+        .filter(|m| kind(&m.doc) == "HorizontalPodAutoscaler")
+    {
+        let target = &hpa.doc["spec"]["scaleTargetRef"];
+        let target_kind = target["kind"].as_str().unwrap_or("");
+        let target_name = target["name"].as_str().unwrap_or("");
+        if find(manifests, target_kind, namespace(&hpa.doc), target_name).is_none() {
+            problems.push(format!(
+                "{}: scaleTargetRef {target_kind} '{target_name}' does not exist",
+                hpa.file
+            ));
+        }
+        if hpa.doc["spec"]["minReplicas"].as_u64() > hpa.doc["spec"]["maxReplicas"].as_u64() {
+            problems.push(format!("{}: minReplicas above maxReplicas", hpa.file));
+        }
+    }
+    for pdb in manifests
+        .iter()
+        .filter(|m| kind(&m.doc) == "PodDisruptionBudget")
+    {
+        let selector = labels(&pdb.doc["spec"]["selector"]["matchLabels"]);
+        if selected(&all_workloads, namespace(&pdb.doc), &selector).is_empty() {
+            problems.push(format!(
+                "{}: selector {selector:?} matches no workload",
+                pdb.file
+            ));
+        }
+    }
+
+    // AuthorizationPolicies: selector, ports, principals.
+    for policy in manifests
+        .iter()
+        .filter(|m| kind(&m.doc) == "AuthorizationPolicy")
+    {
+        let ns = namespace(&policy.doc);
+        let selector = labels(&policy.doc["spec"]["selector"]["matchLabels"]);
+        let targets = selected(&all_workloads, ns, &selector);
+        if targets.is_empty() {
+            problems.push(format!(
+                "{}: selector {selector:?} matches no workload",
+                policy.file
+            ));
+        }
+        for rule in policy.doc["spec"]["rules"].as_array().into_iter().flatten() {
+            for to in rule["to"].as_array().into_iter().flatten() {
+                for port in strings(&to["operation"]["ports"]) {
+                    let port: u64 = port.parse().unwrap_or(0);
+                    if !targets.iter().all(|w| w.ports.values().any(|p| *p == port)) {
+                        problems.push(format!(
+                            "{}: port {port} is not a container port of the selected workloads",
+                            policy.file
+                        ));
+                    }
+                }
+            }
+            for from in rule["from"].as_array().into_iter().flatten() {
+                for principal in strings(&from["source"]["principals"]) {
+                    let Some(rest) = principal.strip_prefix("cluster.local/ns/") else {
+                        continue;
+                    };
+                    if let Some((p_ns, account)) = rest.split_once("/sa/") {
+                        if namespaces.contains(p_ns)
+                            && p_ns != "istio-system"
+                            && find(manifests, "ServiceAccount", p_ns, account).is_none()
+                        {
+                            problems.push(format!(
+                                "{}: principal '{principal}' names no ServiceAccount",
+                                policy.file
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // The push servers: health probes, and a grace period longer than every drain.
+    for w in all_workloads
+        .iter()
+        .filter(|w| w.pod_labels.get("app").map(String::as_str) == Some("sidestream-push"))
+    {
+        let m = manifests
+            .iter()
+            .find(|m| m.file == w.file)
+            .expect("workload manifest");
+        let grace = w.pod_spec["terminationGracePeriodSeconds"]
+            .as_f64()
+            .unwrap_or(30.0);
+        for container in w.pod_spec["containers"].as_array().into_iter().flatten() {
+            for (probe, path) in [
+                ("livenessProbe", "/healthz/live"),
+                ("readinessProbe", "/healthz/ready"),
+            ] {
+                if container[probe]["httpGet"]["path"].as_str() != Some(path) {
+                    problems.push(format!("{}: {probe} is not on {path}", w.file));
+                }
+            }
+            let drain = strings(&container["args"]).into_iter().find_map(|arg| {
+                arg.strip_prefix("--drain-grace=")
+                    .or_else(|| arg.strip_prefix("--drain-timeout="))
+            });
+            match drain.and_then(duration_secs) {
+                Some(drain) if drain < grace => {}
+                _ => problems.push(format!(
+                    "{}: the push server's --drain-grace ({drain:?}) must be set and shorter than terminationGracePeriodSeconds {grace}",
+                    w.file
+                )),
+            }
+        }
+        let proxy_config = m.doc["spec"]["template"]["metadata"]["annotations"]
+            ["proxy.istio.io/config"]
+            .as_str()
+            .and_then(|text| serde_json::from_str::<Value>(text).ok());
+        match proxy_config.as_ref().and_then(|c| c["terminationDrainDuration"].as_str()).and_then(duration_secs) {
+            Some(proxy_drain) if proxy_drain < grace => {}
+            other => problems.push(format!(
+                "{}: the sidecar's terminationDrainDuration ({other:?} s) must be set and shorter than terminationGracePeriodSeconds {grace}",
+                w.file
+            )),
+        }
+    }
+    problems
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn every_file_is_one_kebab_case_resource_listed_in_the_kustomization() {
+    let manifests = load_manifests();
+    for m in &manifests {
+        let stem = m.file.trim_end_matches(".yaml");
+        assert!(is_kebab(stem), "{}: file names are kebab-case", m.file);
+        assert!(
+            is_kebab(name(&m.doc)),
+            "{}: metadata.name '{}' is not kebab-case",
+            m.file,
+            name(&m.doc)
+        );
+        assert!(!kind(&m.doc).is_empty(), "{}: no kind", m.file);
+    }
+    let text = std::fs::read_to_string(istio_dir().join("kustomization.yaml"))
+        .expect("istio/kustomization.yaml exists");
+    let kustomization: Value = serde_yaml::from_str(&text).expect("kustomization is YAML");
+    assert_eq!(kustomization["kind"], "Kustomization");
+    let listed: BTreeSet<&str> = strings(&kustomization["resources"]).into_iter().collect();
+    let files: BTreeSet<&str> = manifests.iter().map(|m| m.file.as_str()).collect();
+    assert_eq!(
+        listed, files,
+        "kustomization.yaml resources must list exactly the manifests in istio/"
+    );
+    let mut seen = BTreeSet::new();
+    for m in &manifests {
+        let key = (
+            kind(&m.doc).to_owned(),
+            namespace(&m.doc).to_owned(),
+            name(&m.doc).to_owned(),
+        );
+        assert!(
+            seen.insert(key.clone()),
+            "{}: {key:?} is defined twice",
+            m.file
+        );
+    }
+}
+
+#[test]
+fn istio_resources_validate_against_istio_crd_schemas() {
+    let crds = istio_crd_validators();
+    let manifests = load_manifests();
+    let istio: Vec<&Manifest> = manifests.iter().filter(|m| is_istio(&m.doc)).collect();
+    let kinds: BTreeSet<&str> = istio.iter().map(|m| kind(&m.doc)).collect();
+    for expected in [
+        "WasmPlugin",
+        "DestinationRule",
+        "VirtualService",
+        "Gateway",
+        "AuthorizationPolicy",
+    ] {
+        assert!(kinds.contains(expected), "istio/ has no {expected}");
+    }
+    let problems: Vec<String> = istio.iter().flat_map(|m| crd_problems(m, &crds)).collect();
+    assert!(
+        problems.is_empty(),
+        "Istio CRD schema violations:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn crd_validation_rejects_broken_istio_resources() {
+    let crds = istio_crd_validators();
+    let manifests = load_manifests();
+    let by_kind = |k: &str| {
+        manifests
+            .iter()
+            .find(|m| kind(&m.doc) == k)
+            .expect("resource of that kind")
+            .clone()
+    };
+    let broken: Vec<(&str, Manifest)> = vec![
+        ("unknown field in a VirtualService route", {
+            let mut m = by_kind("VirtualService");
+            m.doc["spec"]["http"][0]["timeoutt"] = json!("0s");
+            m
+        }),
+        ("failStrategy outside the enum", {
+            let mut m = by_kind("WasmPlugin");
+            m.doc["spec"]["failStrategy"] = json!("FAIL_SOMETIMES");
+            m
+        }),
+        ("sha256 that is not hex", {
+            let mut m = by_kind("WasmPlugin");
+            m.doc["spec"]["sha256"] = json!("not-a-checksum");
+            m
+        }),
+        ("subsets as an object", {
+            let mut m = by_kind("DestinationRule");
+            m.doc["spec"]["subsets"] = json!({"stable": {}});
+            m
+        }),
+        ("unknown apiVersion", {
+            let mut m = by_kind("Gateway");
+            m.doc["apiVersion"] = json!("networking.istio.io/v9");
+            m
+        }),
+    ];
+    for (what, manifest) in broken {
+        assert!(
+            !crd_problems(&manifest, &crds).is_empty(),
+            "CRD validation accepted a manifest with {what}"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_resources_validate_against_kubernetes_schemas() {
+    let manifests = load_manifests();
+    let files: Vec<PathBuf> = manifests
+        .iter()
+        .filter(|m| !is_istio(&m.doc))
+        .map(|m| istio_dir().join(&m.file))
+        .collect();
+    let output = kubernetes_validate(&files);
+    for m in manifests.iter().filter(|m| !is_istio(&m.doc)) {
+        assert!(
+            output.lines().any(|line| line.starts_with("INFO")
+                && line.contains(&m.file)
+                && line.contains("passed")),
+            "kubernetes-validate did not pass {}:\n{output}",
+            m.file
+        );
+    }
+}
+
+#[test]
+fn kubernetes_validation_rejects_broken_resources() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifests = load_manifests();
+    let mut deployment = manifests
+        .iter()
+        .find(|m| kind(&m.doc) == "Deployment")
+        .expect("a Deployment")
+        .doc
+        .clone();
+    deployment["spec"]["template"]["spec"]["terminationGracePeriodSecond"] = json!(45);
+    let path = dir.path().join("broken-deployment.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&deployment).expect("yaml")).expect("write");
+    let status = kubernetes_validate_status(&[path]);
+    assert!(
+        !status.0,
+        "kubernetes-validate accepted an unknown field:\n{}",
+        status.1
+    );
+}
+
+/// Runs `kubernetes-validate --strict` and returns its output, failing the
+/// test if it fails.
+fn kubernetes_validate(files: &[PathBuf]) -> String {
+    let (ok, output) = kubernetes_validate_status(files);
+    assert!(ok, "kubernetes-validate --strict failed:\n{output}");
+    output
+}
+
+fn kubernetes_validate_status(files: &[PathBuf]) -> (bool, String) {
+    let result = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict"])
+        .args(files)
+        .output();
+    let output = match result {
+        Ok(output) => output,
+        Err(e) => panic!(
+            "cannot run python3 -m kubernetes_validate ({e}); run scripts/install-deps.sh test"
+        ),
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !text.contains("No module named kubernetes_validate"),
+        "the kubernetes-validate package is missing; run scripts/install-deps.sh test"
+    );
+    (output.status.success() && !text.contains("ERROR"), text)
+}
+
+#[test]
+fn cross_references_hold() {
+    let manifests = load_manifests();
+    let problems = cross_reference_problems(&manifests);
+    assert!(
+        problems.is_empty(),
+        "broken cross-references:\n{}",
+        problems.join("\n")
+    );
+}
+
+fn mutate(manifests: &[Manifest], file: &str, change: impl FnOnce(&mut Value)) -> Vec<Manifest> {
+    let mut copy = manifests.to_vec();
+    let m = copy
+        .iter_mut()
+        .find(|m| m.file == file)
+        .unwrap_or_else(|| panic!("{file} exists"));
+    change(&mut m.doc);
+    copy
+}
+
+#[test]
+fn cross_reference_checks_catch_broken_manifests() {
+    let manifests = load_manifests();
+    type Change = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(&str, &str, Change, &str)> = vec![
+        (
+            "service selector",
+            "service-push.yaml",
+            Box::new(|d| d["spec"]["selector"]["app"] = json!("sidestream-pushh")),
+            "matches no",
+        ),
+        (
+            "service targetPort",
+            "service-control-plane.yaml",
+            Box::new(|d| d["spec"]["ports"][0]["targetPort"] = json!("grpc-cfg")),
+            "targetPort",
+        ),
+        (
+            "subset label",
+            "destination-rule-push.yaml",
+            Box::new(|d| d["spec"]["subsets"][1]["labels"]["version"] = json!("canary-2")),
+            "subset 'canary'",
+        ),
+        (
+            "virtual service subset",
+            "virtual-service-push.yaml",
+            Box::new(|d| d["spec"]["http"][0]["route"][0]["destination"]["subset"] = json!("beta")),
+            "subset 'beta'",
+        ),
+        (
+            "virtual service port",
+            "virtual-service-push-gateway.yaml",
+            Box::new(|d| {
+                d["spec"]["http"][0]["route"][0]["destination"]["port"]["number"] = json!(18999)
+            }),
+            "port 18999",
+        ),
+        (
+            "virtual service host",
+            "virtual-service-push.yaml",
+            Box::new(|d| d["spec"]["hosts"][0] = json!("push.other.svc.cluster.local")),
+            "names no Service",
+        ),
+        (
+            "gateway reference",
+            "virtual-service-push-gateway.yaml",
+            Box::new(|d| d["spec"]["gateways"][0] = json!("sidestream/missing")),
+            "does not exist",
+        ),
+        (
+            "tag header",
+            "virtual-service-push.yaml",
+            Box::new(|d| {
+                d["spec"]["http"][0]["match"][0]["headers"] =
+                    json!({"x-group": {"exact": "canary"}})
+            }),
+            "release tag",
+        ),
+        (
+            "control plane cluster",
+            "wasm-plugin-sidestream.yaml",
+            Box::new(|d| {
+                d["spec"]["pluginConfig"]["controlPlane"]["cluster"] =
+                    json!("sidestream-control-plane")
+            }),
+            "outbound|",
+        ),
+        (
+            "control plane port",
+            "wasm-plugin-sidestream.yaml",
+            Box::new(|d| {
+                d["spec"]["pluginConfig"]["controlPlane"]["cluster"] =
+                    json!("outbound|18001||sidestream-control-plane.sidestream.svc.cluster.local")
+            }),
+            "gRPC",
+        ),
+        (
+            "control plane service",
+            "wasm-plugin-sidestream.yaml",
+            Box::new(|d| {
+                d["spec"]["pluginConfig"]["controlPlane"]["cluster"] =
+                    json!("outbound|18000||sidestream-cp.sidestream.svc.cluster.local")
+            }),
+            "names no Service",
+        ),
+        (
+            "sha256",
+            "wasm-plugin-sidestream.yaml",
+            Box::new(|d| d["spec"]["sha256"] = json!("abc")),
+            "sha256",
+        ),
+        (
+            "release groups",
+            "wasm-plugin-sidestream.yaml",
+            Box::new(|d| {
+                d["spec"]["pluginConfig"]["defaults"]["releases"]["push"]["groups"] =
+                    json!(["stable", "beta"])
+            }),
+            "not one of",
+        ),
+        (
+            "hpa target",
+            "horizontal-pod-autoscaler-push-canary.yaml",
+            Box::new(|d| d["spec"]["scaleTargetRef"]["name"] = json!("sidestream-push-beta")),
+            "scaleTargetRef",
+        ),
+        (
+            "pdb selector",
+            "pod-disruption-budget-push.yaml",
+            Box::new(|d| d["spec"]["selector"]["matchLabels"]["app"] = json!("push")),
+            "matches no workload",
+        ),
+        (
+            "probe path",
+            "deployment-push-canary.yaml",
+            Box::new(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+                    ["path"] = json!("/ready")
+            }),
+            "/healthz/ready",
+        ),
+        (
+            "probe port",
+            "deployment-control-plane.yaml",
+            Box::new(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"] =
+                    json!("admin")
+            }),
+            "does not declare",
+        ),
+        (
+            "grace period",
+            "deployment-push-stable.yaml",
+            Box::new(|d| {
+                d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(10)
+            }),
+            "terminationGracePeriodSeconds",
+        ),
+        (
+            "service account",
+            "deployment-push-stable.yaml",
+            Box::new(|d| d["spec"]["template"]["spec"]["serviceAccountName"] = json!("push")),
+            "ServiceAccount",
+        ),
+        (
+            "namespace",
+            "service-redis.yaml",
+            Box::new(|d| d["metadata"]["namespace"] = json!("default")),
+            "namespace 'default'",
+        ),
+        (
+            "authorization principal",
+            "authorization-policy-control-plane.yaml",
+            Box::new(|d| {
+                d["spec"]["rules"][0]["from"][0]["source"]["principals"][1] =
+                    json!("cluster.local/ns/sidestream/sa/nobody")
+            }),
+            "principal",
+        ),
+    ];
+    for (what, file, change, expected) in cases {
+        let broken = mutate(&manifests, file, change);
+        let problems = cross_reference_problems(&broken);
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "breaking the {what} in {file} was not reported (expected a problem containing '{expected}'); got:\n{}",
+            problems.join("\n")
+        );
+    }
+}
+
+#[test]
+fn wasm_plugin_carries_the_bootstrap_settings() {
+    let manifests = load_manifests();
+    let plugin = manifests
+        .iter()
+        .find(|m| kind(&m.doc) == "WasmPlugin")
+        .expect("a WasmPlugin");
+    let spec = &plugin.doc["spec"];
+    assert_eq!(spec["type"], "HTTP");
+    assert!(spec["phase"].is_string(), "phase is chosen explicitly");
+    assert!(
+        spec["failStrategy"].is_string(),
+        "failStrategy is chosen explicitly"
+    );
+    let config = &spec["pluginConfig"];
+    assert!(
+        config["nodeId"].as_str().is_some_and(|s| !s.is_empty()),
+        "nodeId set"
+    );
+    assert!(matches!(
+        config["failMode"].as_str(),
+        Some("open" | "closed")
+    ));
+    for key in ["trace", "releases", "streamLimits", "topics"] {
+        assert!(
+            !config["defaults"][key].is_null(),
+            "pluginConfig.defaults.{key} is set"
+        );
+    }
+    let cp = &config["controlPlane"];
+    for key in ["timeoutMs", "initialBackoffMs", "maxBackoffMs"] {
+        assert!(
+            cp[key].is_u64(),
+            "controlPlane.{key} is a non-negative integer"
+        );
+    }
+    assert!(cp["initialBackoffMs"].as_u64() <= cp["maxBackoffMs"].as_u64());
+    // The filter accepts it: the same parser and validation its on_configure runs.
+    let bytes = serde_json::to_vec(config).expect("JSON");
+    let bootstrap =
+        sidestream_core::config::FilterBootstrap::from_json(&bytes).unwrap_or_else(|e| {
+            panic!("the WasmPlugin's pluginConfig is not a valid filter bootstrap: {e}")
+        });
+    let control_plane = bootstrap.control_plane.expect("controlPlane is set");
+    assert_eq!(
+        control_plane.cluster,
+        cp["cluster"].as_str().expect("cluster")
+    );
+    assert!(
+        !bootstrap.defaults.releases.is_empty(),
+        "an embedded release policy"
+    );
+    assert!(
+        !bootstrap.defaults.stream_limits.is_empty(),
+        "an embedded stream limit"
+    );
+}
