@@ -20,7 +20,7 @@ for p in "${profiles[@]}"; do
   case "$p" in
     build|run) ;;
     test) apt_pkgs+=(chromium chromium-driver); pip_pkgs+=(kubernetes-validate) ;;
-    bench) apt_pkgs+=(wrk nghttp2-client libnginx-mod-nchan nginx-light pushpin chromium) ;;
+    bench) apt_pkgs+=(wrk nghttp2-client libnginx-mod-nchan nginx-light pushpin) ;;
     *) echo "install-deps: unknown profile '$p' (build, test, run, bench)" >&2; exit 64 ;;
   esac
 done
