@@ -2,7 +2,10 @@
 //! xDS style. The client names itself and the kinds it wants; the server sends
 //! the current snapshot (filtered to those kinds) and every new one; the client
 //! ACKs or NACKs each by nonce. A version a client NACKed is not sent to it
-//! again; the time from the etcd change to the ACK is recorded per client.
+//! again. For a snapshot published while the client was connected (a change
+//! propagated to it), the time from the etcd change to the ACK is recorded per
+//! client; the snapshot a (re)connecting client gets first is not, since its
+//! age says how long ago the config last changed, not how fast it spread.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -14,7 +17,7 @@ use sidestream_proto::config::v1::config_discovery_server::{
     ConfigDiscovery, ConfigDiscoveryServer,
 };
 use sidestream_proto::config::v1::{ConfigRequest, ConfigResponse};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -95,6 +98,9 @@ impl ConfigDiscovery for DiscoveryService {
             .filter(|node| !node.id.is_empty())
             .ok_or(DiscoveryError::MissingNode)?;
         let kinds = parse_kinds(&first.kinds)?;
+        // Subscribed before the client is registered: whatever is current now
+        // is its initial snapshot; anything published later propagated to it.
+        let snapshots = self.state.subscribe();
         let kind_names = if kinds.is_empty() {
             Kind::ALL
                 .iter()
@@ -130,7 +136,7 @@ impl ConfigDiscovery for DiscoveryService {
             nonce: 0,
             running_version: first.version_info,
         };
-        tokio::spawn(session.run(incoming, tx));
+        tokio::spawn(session.run(incoming, snapshots, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -138,6 +144,17 @@ impl ConfigDiscovery for DiscoveryService {
 struct Sent {
     version: String,
     observed_unix_nanos: i64,
+    /// Published while the client was connected: its ACK measures propagation.
+    propagated: bool,
+}
+
+/// Why a snapshot is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// The snapshot current when the client connected.
+    Initial,
+    /// A snapshot published while the client was connected.
+    Propagated,
 }
 
 struct ClientSession {
@@ -154,13 +171,13 @@ impl ClientSession {
     async fn run(
         mut self,
         mut incoming: Streaming<ConfigRequest>,
+        mut snapshots: watch::Receiver<Option<Arc<VersionedSnapshot>>>,
         tx: mpsc::Sender<Result<ConfigResponse, Status>>,
     ) {
-        let mut snapshots = self.state.subscribe();
         let mut last_offered: Option<String> = None;
         let current = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = current {
-            if !self.send(&snapshot, &tx).await {
+            if !self.send(&snapshot, Delivery::Initial, &tx).await {
                 return self.finish();
             }
             last_offered = Some(snapshot.version.clone());
@@ -177,7 +194,7 @@ impl ClientSession {
                         continue;
                     }
                     last_offered = Some(snapshot.version.clone());
-                    if !self.send(&snapshot, &tx).await {
+                    if !self.send(&snapshot, Delivery::Propagated, &tx).await {
                         break;
                     }
                 }
@@ -207,6 +224,7 @@ impl ClientSession {
     async fn send(
         &mut self,
         snapshot: &VersionedSnapshot,
+        delivery: Delivery,
         tx: &mpsc::Sender<Result<ConfigResponse, Status>>,
     ) -> bool {
         if self.running_version == snapshot.version {
@@ -236,6 +254,7 @@ impl ClientSession {
             Sent {
                 version: snapshot.version.clone(),
                 observed_unix_nanos: snapshot.observed_unix_nanos,
+                propagated: delivery == Delivery::Propagated,
             },
         );
         let version = snapshot.version.clone();
@@ -272,15 +291,23 @@ impl ClientSession {
             });
             return;
         }
+        self.state.metrics.acks.inc();
+        let version = sent.version;
+        if !sent.propagated {
+            // The snapshot it got on connecting: its age is not propagation.
+            debug!(node = %self.node_id, %version, "Client applied its initial snapshot (ACK)");
+            self.state.update_client(self.stream_id, |info| {
+                info.acked_version = Some(version);
+            });
+            return;
+        }
         let elapsed_nanos = unix_nanos().saturating_sub(sent.observed_unix_nanos).max(0);
         #[allow(clippy::cast_precision_loss)]
         let seconds = elapsed_nanos as f64 / 1e9;
-        self.state.metrics.acks.inc();
         self.state
             .metrics
             .observe_convergence(&self.node_id, seconds);
-        debug!(node = %self.node_id, version = %sent.version, convergence_ms = seconds * 1e3, "Client applied a snapshot (ACK)");
-        let version = sent.version;
+        debug!(node = %self.node_id, %version, convergence_ms = seconds * 1e3, "Client applied a snapshot (ACK)");
         self.state.update_client(self.stream_id, |info| {
             info.acked_version = Some(version);
             info.last_convergence_millis = Some(seconds * 1e3);

@@ -33,6 +33,11 @@ pub const ETCD_RECONNECTS: (&str, &str) = (
     "sidestream_control_plane_etcd_reconnects",
     "Times the etcd connection or watch was re-established after a failure",
 );
+/// Whether the etcd watch is established right now.
+pub const ETCD_CONNECTED: (&str, &str) = (
+    "sidestream_control_plane_etcd_connected",
+    "1 while the etcd watch is established, 0 while connecting or reconnecting",
+);
 /// Whether the control plane has read etcd fully at least once.
 pub const READY: (&str, &str) = (
     "sidestream_control_plane_ready",
@@ -71,7 +76,7 @@ pub const NACKS: (&str, &str) = (
 /// Seconds from the etcd change to a client's ACK, per client.
 pub const CONVERGENCE_SECONDS: (&str, &str) = (
     "sidestream_control_plane_convergence_seconds",
-    "Seconds from the control plane seeing an etcd change to a client ACKing the snapshot, per client node",
+    "Seconds from the control plane seeing an etcd change to a client ACKing the snapshot, per client node; only snapshots published while the client was connected",
 );
 
 /// Labels of per-reason and per-client series.
@@ -90,6 +95,8 @@ pub struct Metrics {
     pub unknown_keys: Gauge,
     /// See [`ETCD_RECONNECTS`].
     pub etcd_reconnects: Counter,
+    /// See [`ETCD_CONNECTED`].
+    pub etcd_connected: Gauge,
     /// See [`READY`].
     pub ready: Gauge,
     /// See [`CONNECTED_CLIENTS`].
@@ -125,6 +132,7 @@ impl Metrics {
         let rejections = Counter::default();
         let unknown_keys = Gauge::default();
         let etcd_reconnects = Counter::default();
+        let etcd_connected = Gauge::default();
         let ready = Gauge::default();
         let connected_clients = Gauge::default();
         let snapshot_revision = Gauge::default();
@@ -141,6 +149,7 @@ impl Metrics {
             ETCD_RECONNECTS.1,
             etcd_reconnects.clone(),
         );
+        registry.register(ETCD_CONNECTED.0, ETCD_CONNECTED.1, etcd_connected.clone());
         registry.register(READY.0, READY.1, ready.clone());
         registry.register(
             CONNECTED_CLIENTS.0,
@@ -172,6 +181,7 @@ impl Metrics {
             rejections,
             unknown_keys,
             etcd_reconnects,
+            etcd_connected,
             ready,
             connected_clients,
             snapshot_revision,
@@ -230,6 +240,7 @@ mod tests {
             REJECTIONS,
             UNKNOWN_KEYS,
             ETCD_RECONNECTS,
+            ETCD_CONNECTED,
             READY,
             CONNECTED_CLIENTS,
             SNAPSHOT_REVISION,
@@ -244,6 +255,17 @@ mod tests {
                 "{name} missing:\n{text}"
             );
         }
+        assert!(
+            text.contains("sidestream_control_plane_etcd_connected 0"),
+            "{text}"
+        );
+        metrics.etcd_connected.set(1);
+        assert!(
+            metrics
+                .encode()
+                .contains("sidestream_control_plane_etcd_connected 1"),
+            "{text}"
+        );
         assert!(
             text.contains("sidestream_control_plane_rejections_total 1"),
             "{text}"

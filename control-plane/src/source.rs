@@ -68,6 +68,7 @@ pub async fn run(settings: EtcdSettings, state: Arc<ControlPlane>, timing: Watch
         let client = match settings.connect().await {
             Ok(client) => client,
             Err(error) => {
+                state.metrics.etcd_connected.set(0);
                 warn!(%error, endpoints = ?settings.endpoints, "Cannot connect to etcd");
                 continue;
             }
@@ -82,6 +83,7 @@ pub async fn run(settings: EtcdSettings, state: Arc<ControlPlane>, timing: Watch
         )
         .await
         {
+            state.metrics.etcd_connected.set(0);
             warn!(%error, revision = ?machine.revision(), "etcd watch interrupted; resuming from the same revision");
         }
     }
@@ -304,7 +306,12 @@ async fn watch(
                 };
                 let observed = unix_nanos();
                 let message = message_of(&response, settings);
-                match machine.on_message(message, Instant::now()) {
+                let step = machine.on_message(message, Instant::now());
+                if !matches!(step, Step::Resync(_) | Step::Reconnect { .. }) {
+                    // etcd answered the watch: it is established.
+                    state.metrics.etcd_connected.set(1);
+                }
+                match step {
                     Step::Apply(batches) => {
                         backoff.reset();
                         for batch in batches {

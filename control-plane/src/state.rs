@@ -65,7 +65,8 @@ pub struct ClientInfo {
     pub sent_version: Option<String>,
     /// The last version it ACKed.
     pub acked_version: Option<String>,
-    /// Milliseconds from the etcd change to its last ACK.
+    /// Milliseconds from the etcd change to its last ACK of a snapshot
+    /// published while it was connected (`None` until one propagated to it).
     pub last_convergence_millis: Option<f64>,
     /// Its last NACK.
     pub last_nack: Option<Nack>,

@@ -8,7 +8,8 @@
 //! to elect or fail over, and the control plane sees (and records convergence
 //! for) every worker that actually serves traffic. The cost is one small
 //! long-lived HTTP/2 stream per worker (plus one for Envoy's main-thread VM),
-//! each with its own node id `<nodeId>.vm-<n>`. One-per-Envoy would need a leader
+//! each with its own node id `<nodeId>/<Envoy node id>/vm-<n>` (see
+//! [`crate::configure::stream_node_id`]). One-per-Envoy would need a leader
 //! VM to copy snapshots into shared data and every other VM to poll for them,
 //! adding up to a tick of latency to every update and a failover path.
 //!

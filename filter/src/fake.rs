@@ -28,12 +28,23 @@ pub struct FakeEnvoy {
     shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     next_cas: Cell<u32>,
     metrics: RefCell<Vec<(String, MetricKind, i64)>>,
+    /// Envoy's node id (`node.id`); `None`: not set.
+    node_id: Option<String>,
 }
 
 impl FakeEnvoy {
     pub fn new() -> Rc<FakeEnvoy> {
         Rc::new(FakeEnvoy {
             next_cas: Cell::new(1),
+            ..FakeEnvoy::default()
+        })
+    }
+
+    /// An Envoy whose bootstrap sets `node.id`.
+    pub fn with_node_id(node_id: &str) -> Rc<FakeEnvoy> {
+        Rc::new(FakeEnvoy {
+            next_cas: Cell::new(1),
+            node_id: Some(node_id.to_owned()),
             ..FakeEnvoy::default()
         })
     }
@@ -257,6 +268,11 @@ impl Host for FakeHost {
     fn source_address(&self) -> Result<Option<String>, HostError> {
         self.check("source_address")?;
         Ok(self.source.clone())
+    }
+
+    fn envoy_node_id(&self) -> Result<Option<String>, HostError> {
+        self.check("envoy_node_id")?;
+        Ok(self.envoy.node_id.clone())
     }
 
     fn now_nanos(&self) -> Result<u64, HostError> {

@@ -103,7 +103,7 @@ impl RootContext for SidestreamRoot {
         self.config_stream = vm.bootstrap.control_plane.clone().map(|settings| {
             ConfigStream::new(
                 settings,
-                configure::stream_node_id(&host, &vm.bootstrap.node_id),
+                configure::stream_node_id(&host, &vm.bootstrap.node_id, vm.random_u64()),
             )
         });
         if self.config_stream.is_some() {

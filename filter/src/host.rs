@@ -90,6 +90,10 @@ pub trait Host {
     fn clear_route_cache(&self) -> Result<(), HostError>;
     /// The downstream peer address (`ip:port`), if the host knows it.
     fn source_address(&self) -> Result<Option<String>, HostError>;
+    /// Envoy's own node id (the proxy-wasm property `node.id`, or the
+    /// attribute `xds.node.id` where Envoy has only that; in Istio unique per
+    /// pod), `None` when Envoy has none.
+    fn envoy_node_id(&self) -> Result<Option<String>, HostError>;
     /// Wall-clock time in nanoseconds since the Unix epoch.
     fn now_nanos(&self) -> Result<u64, HostError>;
     /// Defines (or finds) a custom metric.

@@ -65,10 +65,33 @@ pub fn filter_wasm() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// Ports handed to child processes come from this range, below Linux's
+/// ephemeral range (32768 and up by default): a port the kernel picked for
+/// `bind(0)` can be taken by an outgoing connection's source port before the
+/// child binds it, one from here cannot.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port on 127.0.0.1 that is free now and that no other call in this test
+/// process has handed out (test binaries run one at a time; each starts at an
+/// offset of its own so consecutive runs don't reuse ports in TIME_WAIT).
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = PORT_RANGE.start + u16::try_from(offset)?;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port on 127.0.0.1 in {PORT_RANGE:?}")
 }
 
 /// A folder for one test's logs and data, kept under `target/test-runs/<name>`

@@ -6,7 +6,6 @@
 //! [`Stack::start`] returns.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -29,15 +28,10 @@ pub struct StackPorts {
 }
 
 impl StackPorts {
-    /// Eleven distinct ports that were free a moment ago (all bound at once,
-    /// so none is handed out twice).
+    /// Eleven distinct free ports (see [`crate::free_port`]).
     pub fn free() -> anyhow::Result<StackPorts> {
-        let listeners: Vec<TcpListener> = (0..11)
-            .map(|_| TcpListener::bind("127.0.0.1:0"))
-            .collect::<Result<_, _>>()?;
-        let ports: Vec<u16> = listeners
-            .iter()
-            .map(|l| l.local_addr().map(|a| a.port()))
+        let ports: Vec<u16> = (0..11)
+            .map(|_| crate::free_port())
             .collect::<Result<_, _>>()?;
         Ok(StackPorts {
             etcd: ports[0],

@@ -352,6 +352,8 @@ async fn bad_flags_or_config_exit_with_64() {
     let dir = run_dir("cp-flags").unwrap();
     for args in [
         vec!["--debounce", "soon"],
+        vec!["--debounce", "5"],
+        vec!["--etcd-max-backoff", "5000"],
         vec!["--no-such-flag"],
         vec![
             "--tls-cert",
@@ -371,6 +373,14 @@ async fn bad_flags_or_config_exit_with_64() {
         let mut proc = Proc::spawn("flags", &dir, command).unwrap();
         let status = proc.wait_exit(Duration::from_secs(10)).unwrap();
         assert_eq!(status.code(), Some(64), "{args:?}: {}", proc.log());
+        // A bare number is refused with the flag and a hint at the units.
+        if let [flag, value] = args[..] {
+            if value.parse::<u32>().is_ok() {
+                let log = proc.log();
+                let expected = format!("'{value}' needs a unit: {value}ms, {value}s, {value}m");
+                assert!(log.contains(flag) && log.contains(&expected), "{log}");
+            }
+        }
     }
 }
 
@@ -576,19 +586,59 @@ async fn grpc_client_acks_sees_updates_within_milliseconds_and_nacked_versions_a
         worst < Duration::from_millis(250),
         "propagation took {worst:?}"
     );
-    let metrics = assert_eventually!(WAIT, "convergence recorded", async {
+    let metrics = assert_eventually!(WAIT, "every ACK counted", async {
         let m = cp.metrics().await?;
-        let count = metric(
-            &m,
-            "sidestream_control_plane_convergence_seconds_count{node=\"push-1\"}",
-        );
-        anyhow::ensure!(count >= Some(6.0), "count {count:?}");
+        let acks = metric(&m, "sidestream_control_plane_acks_total");
+        anyhow::ensure!(acks == Some(6.0), "acks {acks:?}");
         Ok(m)
     });
+    // Convergence is the 5 propagated changes; the ACK of the snapshot the
+    // client got on connecting measures that snapshot's age, not propagation.
+    assert_eq!(
+        metric(
+            &metrics,
+            "sidestream_control_plane_convergence_seconds_count{node=\"push-1\"}",
+        ),
+        Some(5.0),
+        "{metrics}"
+    );
     assert_eq!(
         metric(&metrics, "sidestream_control_plane_connected_clients"),
         Some(1.0)
     );
+    // A client connecting now (an Envoy restart) gets the current snapshot and
+    // ACKs it: counted as an ACK, no convergence sample, no convergence time.
+    let mut late = ConfigClient::connect(&cp.grpc(), "push-late", &["topics"], "")
+        .await
+        .unwrap();
+    let initial = late.next(WAIT).await.unwrap();
+    assert_eq!(initial.version_info, last.version_info);
+    late.ack(&initial).await.unwrap();
+    let metrics = assert_eventually!(WAIT, "the late client's ACK counted", async {
+        let m = cp.metrics().await?;
+        let acks = metric(&m, "sidestream_control_plane_acks_total");
+        anyhow::ensure!(acks == Some(7.0), "acks {acks:?}");
+        Ok(m)
+    });
+    assert_eq!(
+        metric(
+            &metrics,
+            "sidestream_control_plane_convergence_seconds_count{node=\"push-late\"}",
+        ),
+        None,
+        "{metrics}"
+    );
+    let clients = cp.json("/v1/clients").await.unwrap();
+    let late_info = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["nodeId"] == "push-late")
+        .cloned()
+        .unwrap();
+    assert_eq!(late_info["ackedVersion"], last.version_info.as_str());
+    assert_eq!(late_info["lastConvergenceMillis"], Value::Null, "{clients}");
+    drop(late);
 
     // NACK: the version is not sent again to this client, even after a reconnect.
     etcd.put(TOPIC_KEY, &topic(99)).unwrap();
@@ -645,16 +695,33 @@ async fn etcd_killed_and_restarted_the_control_plane_resumes_without_losing_upda
     etcd.put(TOPIC_KEY, &topic(1)).unwrap();
     let cp = ControlPlane::start(&dir, &etcd).await.unwrap();
     assert_eq!(topic_history(&cp, "ticker").await.unwrap(), Some(1));
+    assert_eventually!(WAIT, "the watch is established", async {
+        let m = cp.metrics().await?;
+        let connected = metric(&m, "sidestream_control_plane_etcd_connected");
+        anyhow::ensure!(connected == Some(1.0), "etcd_connected {connected:?}");
+        Ok(())
+    });
 
     etcd.kill();
     assert_eventually!(WAIT, "the control plane notices etcd is gone", async {
         let m = cp.metrics().await?;
         let n = metric(&m, "sidestream_control_plane_etcd_reconnects_total").unwrap_or(0.0);
         anyhow::ensure!(n >= 1.0, "no reconnect yet");
+        let connected = metric(&m, "sidestream_control_plane_etcd_connected");
+        anyhow::ensure!(connected == Some(0.0), "etcd_connected {connected:?}");
         Ok(())
     });
-    // Still serving the last good snapshot.
+    // Still serving the last good snapshot, and still ready (by definition:
+    // ready once etcd was read fully); etcd_connected is what says it is lost.
     assert_eq!(topic_history(&cp, "ticker").await.unwrap(), Some(1));
+    let readyz = reqwest::get(cp.admin("/readyz")).await.unwrap();
+    assert_eq!(readyz.status().as_u16(), 200);
+    let m = cp.metrics().await.unwrap();
+    assert_eq!(
+        metric(&m, "sidestream_control_plane_etcd_connected"),
+        Some(0.0),
+        "{m}"
+    );
     etcd.restart().await.unwrap();
     // Written as soon as etcd is back, before the control plane reconnects.
     etcd.put(TOPIC_KEY, &topic(2)).unwrap();
@@ -665,6 +732,12 @@ async fn etcd_killed_and_restarted_the_control_plane_resumes_without_losing_upda
             "ticker not updated"
         );
         anyhow::ensure!(topic_history(&cp, "news").await? == Some(3), "news missing");
+        Ok(())
+    });
+    assert_eventually!(WAIT, "the watch is established again", async {
+        let m = cp.metrics().await?;
+        let connected = metric(&m, "sidestream_control_plane_etcd_connected");
+        anyhow::ensure!(connected == Some(1.0), "etcd_connected {connected:?}");
         Ok(())
     });
     let metrics = cp.metrics().await.unwrap();

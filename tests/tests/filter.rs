@@ -779,7 +779,12 @@ mod config_stream {
         );
         for hello in &hellos {
             let node = hello.node.as_ref().unwrap();
-            assert!(node.id.starts_with("standalone.vm-"), "{}", node.id);
+            // `<nodeId>/<Envoy's node.id>/vm-<n>`: standalone.yaml sets `node: id:`.
+            assert!(
+                node.id.starts_with("standalone/sidestream-standalone/vm-"),
+                "{}",
+                node.id
+            );
             assert_eq!(node.cluster, "standalone");
             assert_eq!(node.client_kind, "filter");
             assert_eq!(hello.kinds, ["trace", "releases", "stream-limits"]);

@@ -24,7 +24,7 @@ fn setup() -> (std::rc::Rc<FakeEnvoy>, FakeHost, VmState, ConfigStream) {
     let bootstrap = parse_bootstrap(BOOTSTRAP.as_bytes()).expect("bootstrap");
     let settings = bootstrap.control_plane.clone().expect("control plane");
     let vm = VmState::new(bootstrap, Metrics::define(&host), [1; 32]);
-    let stream = ConfigStream::new(settings, "ingress.vm-0".to_owned());
+    let stream = ConfigStream::new(settings, "ingress/pod-1/vm-0".to_owned());
     (envoy, host, vm, stream)
 }
 
@@ -77,7 +77,7 @@ fn the_first_tick_opens_the_stream_and_says_hello() {
     let (t, hello) = &requests[0];
     assert_eq!(*t, token(&stream));
     let node = hello.node.as_ref().expect("node in the first request");
-    assert_eq!(node.id, "ingress.vm-0");
+    assert_eq!(node.id, "ingress/pod-1/vm-0");
     assert_eq!(node.cluster, "ingress");
     assert_eq!(node.client_kind, "filter");
     assert_eq!(hello.kinds, vec!["trace", "releases", "stream-limits"]);

@@ -94,6 +94,28 @@ impl Host for ProxyWasmHost {
         Ok(value.and_then(|bytes| String::from_utf8(bytes).ok()))
     }
 
+    fn envoy_node_id(&self) -> Result<Option<String>, HostError> {
+        // `node.id` is the documented proxy-wasm property; Envoy 1.40 answers
+        // NotFound for it (in the root context too) and has the node as the
+        // attribute `xds.node` instead. The first non-empty answer wins.
+        let mut failure = None;
+        for (path, call) in [
+            (vec!["node", "id"], "get_property(node.id)"),
+            (vec!["xds", "node", "id"], "get_property(xds.node.id)"),
+        ] {
+            match hostcalls::get_property(path) {
+                Ok(Some(bytes)) => {
+                    if let Some(id) = String::from_utf8(bytes).ok().filter(|id| !id.is_empty()) {
+                        return Ok(Some(id));
+                    }
+                }
+                Ok(None) => {}
+                Err(status) => failure = Some(HostError::new(call, status)),
+            }
+        }
+        failure.map_or(Ok(None), Err)
+    }
+
     fn now_nanos(&self) -> Result<u64, HostError> {
         let now = hostcalls::get_current_time()
             .map_err(|status| HostError::new("get_current_time", status))?;
