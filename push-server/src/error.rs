@@ -36,6 +36,14 @@ pub enum PushError {
     Broker(#[source] BrokerError),
     #[error("slow consumer: the subscriber queue overflowed; resume from the last id")]
     SlowConsumer,
+    #[error("the request head did not arrive in time")]
+    RequestTimeout,
+    #[error("no such endpoint")]
+    NoRoute,
+    #[error("this endpoint does not take that method")]
+    MethodNotAllowed,
+    #[error("not a WebSocket upgrade: {message}")]
+    NotWebSocket { status: StatusCode, message: String },
 }
 
 impl From<BrokerError> for PushError {
@@ -60,6 +68,10 @@ impl PushError {
             PushError::Broker(BrokerError::TooManyTopics(_)) => "too_many_topics",
             PushError::Broker(_) => "broker_unavailable",
             PushError::SlowConsumer => "slow_consumer",
+            PushError::RequestTimeout => "request_timeout",
+            PushError::NoRoute => "not_found",
+            PushError::MethodNotAllowed => "method_not_allowed",
+            PushError::NotWebSocket { .. } => "bad_websocket_upgrade",
         }
     }
 
@@ -75,11 +87,15 @@ impl PushError {
             PushError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PushError::Draining { .. } | PushError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
             PushError::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,
+            PushError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            PushError::NoRoute => StatusCode::NOT_FOUND,
+            PushError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            PushError::NotWebSocket { status, .. } => *status,
         }
     }
 
     /// The message shown to clients (broker details stay in the log).
-    fn public_message(&self) -> String {
+    pub fn public_message(&self) -> String {
         match self {
             PushError::Broker(BrokerError::TooManyTopics(_)) => {
                 "too many topics on this server".into()
@@ -143,6 +159,11 @@ impl From<PushError> for tonic::Status {
             PushError::Draining { .. } | PushError::Broker(_) => {
                 tonic::Status::unavailable(message)
             }
+            PushError::RequestTimeout => tonic::Status::deadline_exceeded(message),
+            PushError::NoRoute | PushError::MethodNotAllowed => {
+                tonic::Status::unimplemented(message)
+            }
+            PushError::NotWebSocket { .. } => tonic::Status::invalid_argument(message),
         };
         if let PushError::Draining { retry_ms } = &error {
             if let Ok(value) = retry_ms.to_string().parse() {

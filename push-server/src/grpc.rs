@@ -5,16 +5,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use sidestream_proto::push::v1::push_server::{Push, PushServer};
 use sidestream_proto::push::v1::{
     subscribe_event, Heartbeat, Message as ProtoMessage, PublishRequest, PublishResponse, Reset,
     SubscribeEvent, SubscribeRequest, Subscribed,
 };
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::PushError;
+use crate::hub::ConnectionControl;
 use crate::message::{Draft, MessageId};
 use crate::metrics::Transport;
 use crate::state::AppState;
@@ -66,6 +69,7 @@ impl Push for PushService {
         if topics.is_empty() {
             return Err(PushError::BadRequest("name at least one topic".into()).into());
         }
+        crate::subscription::check_topic_count(topics.len())?;
         let mut positions = Vec::with_capacity(topics.len());
         for (i, position) in topics.iter().enumerate() {
             if topics[..i].iter().any(|p| p.topic == position.topic) {
@@ -92,7 +96,9 @@ impl Push for PushService {
             positions.push(from);
         }
         drop(_entered);
-        let mut subscription = Subscription::open(&self.state, Transport::Grpc, None)?;
+        let control = Arc::new(ConnectionControl::default());
+        let mut subscription =
+            Subscription::open(&self.state, Transport::Grpc, Some(control.clone()))?;
         for (position, from) in topics.iter().zip(positions) {
             subscription.add(&position.topic, from).await?;
         }
@@ -103,11 +109,12 @@ impl Push for PushService {
             .max(std::time::Duration::from_millis(10));
         let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Response::new(Box::pin(GrpcStream {
+        let stream = GrpcStream {
             subscription,
             heartbeat: ticks,
             done: false,
-        })))
+        };
+        Ok(Response::new(Box::pin(forward(stream, control, span))))
     }
 
     async fn publish(
@@ -130,6 +137,38 @@ impl Push for PushService {
             duplicate: published.duplicate,
         }))
     }
+}
+
+/// Feeds a stream's events to tonic through a one-slot channel. h2 stops
+/// polling a response body whose client does not read; without this hop
+/// such a subscriber would pin its full queue for as long as it stays
+/// connected. Here, once the hub cuts it, the subscription (and its queue)
+/// is dropped at once and RESOURCE_EXHAUSTED waits for the client.
+fn forward(
+    mut stream: GrpcStream,
+    control: Arc<ConnectionControl>,
+    span: tracing::Span,
+) -> ReceiverStream<Result<SubscribeEvent, Status>> {
+    let (tx, rx) = mpsc::channel(1);
+    let task = async move {
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = control.cut_requested() => break,
+                () = tx.closed() => return,
+            };
+            let Some(item) = item else { return };
+            tokio::select! {
+                sent = tx.send(item) => if sent.is_err() { return },
+                () = control.cut_requested() => break,
+            }
+        }
+        drop(stream);
+        tracing::info!("Cut a gRPC subscriber that stopped reading");
+        let _ = tx.send(Err(PushError::SlowConsumer.into())).await;
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, span));
+    ReceiverStream::new(rx)
 }
 
 struct GrpcStream {

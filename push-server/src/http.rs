@@ -13,6 +13,7 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::error::PushError;
 use crate::state::AppState;
 
 /// The push server's HTTP routes.
@@ -26,7 +27,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(admin::metrics))
         .route("/debug/slow-deliveries", get(admin::slow_deliveries))
         .route("/v1/topics", get(admin::topics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+async fn no_route() -> PushError {
+    PushError::NoRoute
+}
+
+async fn method_not_allowed() -> PushError {
+    PushError::MethodNotAllowed
 }
 
 /// Query parameters, repeated ones kept (`topic=a&topic=b`).

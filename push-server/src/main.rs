@@ -134,6 +134,9 @@ struct Cli {
     /// Topics the memory broker keeps at most.
     #[arg(long, env = "SIDESTREAM_PUSH_MAX_TOPICS", default_value_t = 100_000)]
     max_topics: usize,
+    /// How long an HTTP client may take to send a request head (408 after).
+    #[arg(long, env = "SIDESTREAM_PUSH_REQUEST_HEAD_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    request_head_timeout: Duration,
     /// Log format.
     #[arg(
         long,
@@ -237,6 +240,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             "--queue-capacity must be at least 1"
         )));
     }
+    if cli.request_head_timeout.is_zero() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--request-head-timeout must be above 0"
+        )));
+    }
     let file_topics = match &cli.config {
         Some(path) => topics::load_file(path).map_err(|e| Failure::Usage(e.into()))?,
         None => Vec::new(),
@@ -265,6 +273,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         idempotency_window: cli.idempotency_window,
         max_backlog: cli.max_backlog,
         max_topics: cli.max_topics,
+        request_head_timeout: cli.request_head_timeout,
     };
     let registry = TopicRegistry::new(file_topics, cli.topics == TopicPolicy::Open);
     let state = AppState::new(settings, registry, &broker)

@@ -22,8 +22,6 @@ use crate::state::AppState;
 const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 /// How long a cut connection may still write before it is closed.
 const CUT_GRACE: Duration = Duration::from_secs(2);
-/// How long a client may take to send request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A signal that the servers should stop (set after the drain).
 #[derive(Debug, Clone)]
@@ -57,7 +55,7 @@ pub async fn serve_http(listener: TcpListener, state: Arc<AppState>, shutdown: S
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(state.settings.request_head_timeout)
         .max_buf_size(MAX_CONNECTION_BUFFER)
         .writev(true);
     builder
@@ -92,23 +90,28 @@ pub async fn serve_http(listener: TcpListener, state: Arc<AppState>, shutdown: S
 }
 
 async fn serve_connection(
-    mut stream: tokio::net::TcpStream,
+    stream: tokio::net::TcpStream,
     peer: SocketAddr,
     state: Arc<AppState>,
     router: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: Shutdown,
 ) {
-    if let Some(request) = direct_sse::take_sse_request(&mut stream).await {
-        // Boxed: an idle subscriber's task then holds only what its stream needs.
-        Box::pin(direct_sse::serve(stream, request, state, shutdown)).await;
-        return;
+    let head_timeout = state.settings.request_head_timeout;
+    match Box::pin(direct_sse::open(stream, head_timeout)).await {
+        direct_sse::Opening::Sse(stream, request) => {
+            // Boxed: an idle subscriber's task then holds only what its stream needs.
+            Box::pin(direct_sse::serve(stream, request, state, shutdown)).await;
+        }
+        direct_sse::Opening::Other(stream) => {
+            Box::pin(serve_hyper(stream, peer, router, builder, shutdown)).await;
+        }
+        direct_sse::Opening::Done => {}
     }
-    Box::pin(serve_hyper(stream, peer, router, builder, shutdown)).await;
 }
 
 async fn serve_hyper(
-    stream: tokio::net::TcpStream,
+    stream: direct_sse::Rewind,
     peer: SocketAddr,
     router: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,

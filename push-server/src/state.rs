@@ -49,6 +49,8 @@ pub struct Settings {
     pub max_backlog: usize,
     /// Topics the memory broker keeps at most.
     pub max_topics: usize,
+    /// How long an HTTP/1.1 client may take to send a request head (slowloris).
+    pub request_head_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -68,6 +70,7 @@ impl Default for Settings {
             idempotency_window: Duration::from_secs(600),
             max_backlog: 1_000_000,
             max_topics: 100_000,
+            request_head_timeout: Duration::from_secs(30),
         }
     }
 }

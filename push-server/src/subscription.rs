@@ -36,6 +36,41 @@ pub enum Event {
     SlowConsumer,
 }
 
+impl Event {
+    /// The topic index the event belongs to.
+    fn index(&self) -> Option<usize> {
+        match self {
+            Event::Message { index, .. } | Event::Reset { index, .. } | Event::Live { index } => {
+                Some(*index)
+            }
+            Event::Drain { .. } | Event::SlowConsumer => None,
+        }
+    }
+
+    /// Renumbers the event after topic `removed` left the stream.
+    fn shift_down_after(&mut self, removed: usize) {
+        match self {
+            Event::Message { index, .. } | Event::Reset { index, .. } | Event::Live { index } => {
+                if *index > removed {
+                    *index -= 1;
+                }
+            }
+            Event::Drain { .. } | Event::SlowConsumer => {}
+        }
+    }
+}
+
+/// Refuses a stream of more than [`MAX_TOPICS_PER_STREAM`] topics (checked
+/// before any per-topic work, so a huge topic list costs nothing).
+pub fn check_topic_count(count: usize) -> Result<(), PushError> {
+    if count > MAX_TOPICS_PER_STREAM {
+        return Err(PushError::BadRequest(format!(
+            "a stream may subscribe to at most {MAX_TOPICS_PER_STREAM} topics"
+        )));
+    }
+    Ok(())
+}
+
 /// One topic of a stream.
 #[derive(Debug)]
 pub struct Cursor {
@@ -117,11 +152,7 @@ impl Subscription {
             }
         }
         let active = self.cursors.iter().filter(|c| c.key.is_some()).count();
-        if active >= MAX_TOPICS_PER_STREAM {
-            return Err(PushError::BadRequest(format!(
-                "a stream may subscribe to at most {MAX_TOPICS_PER_STREAM} topics"
-            )));
-        }
+        check_topic_count(active + 1)?;
         let name: Arc<str> = Arc::from(topic);
         let key = self.state.hub.subscribe(&name, &self.handle);
         let broker = self.state.broker.clone();
@@ -173,12 +204,19 @@ impl Subscription {
         Ok(index)
     }
 
-    /// Unsubscribes from `topic` (its index stays reserved).
+    /// Unsubscribes from `topic`: its cursor and pending events go (the
+    /// indexes of later topics shift down), so a client that subscribes to
+    /// and leaves ever new topics does not grow the stream.
     pub fn remove(&mut self, topic: &str) -> bool {
-        let Some(cursor) = self.cursors.iter_mut().find(|c| &*c.name == topic) else {
+        let Some(index) = self.cursors.iter().position(|c| &*c.name == topic) else {
             return false;
         };
-        match cursor.key.take() {
+        let cursor = self.cursors.remove(index);
+        self.pending.retain(|event| event.index() != Some(index));
+        for event in &mut self.pending {
+            event.shift_down_after(index);
+        }
+        match cursor.key {
             Some(key) => {
                 self.release(key);
                 true
@@ -277,7 +315,7 @@ impl Subscription {
                     };
                     let reset_position = MessageId {
                         epoch: message.id.epoch,
-                        seq: message.id.seq - 1,
+                        seq: message.id.seq.saturating_sub(1),
                     };
                     tracing::warn!(topic = %message.topic, reason = reason.as_str(), from = %position, to = %message.id, "Live delivery skipped ids");
                     cursor.position = reset_position;
@@ -317,5 +355,97 @@ impl Drop for Subscription {
         if let Some(key) = self.stream_key.take() {
             self.state.hub.close_stream(key, self.handle.transport);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Draft;
+    use crate::topics::TopicRegistry;
+    use crate::{BrokerSpec, Settings};
+    use bytes::Bytes;
+
+    async fn state() -> Arc<AppState> {
+        AppState::new(
+            Settings::default(),
+            TopicRegistry::new(Vec::new(), true),
+            &BrokerSpec::Memory,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn publish(state: &AppState, topic: &str, data: &'static str) -> MessageId {
+        let draft = Draft {
+            data: Bytes::from_static(data.as_bytes()),
+            event: None,
+            idempotency_key: None,
+            traceparent: None,
+        };
+        crate::publish::publish(state, topic, None, draft)
+            .await
+            .unwrap()
+            .id
+    }
+
+    #[tokio::test]
+    async fn leaving_topics_does_not_grow_the_stream() {
+        let state = state().await;
+        let mut subscription = Subscription::open(&state, Transport::WebSocket, None).unwrap();
+        for i in 0..(MAX_TOPICS_PER_STREAM * 4) {
+            let topic = format!("t{i}");
+            subscription.add(&topic, None).await.unwrap();
+            assert!(subscription.remove(&topic));
+        }
+        assert_eq!(subscription.cursors().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn events_of_later_topics_follow_their_topic_after_a_leave() {
+        let state = state().await;
+        let a = publish(&state, "a", "from a").await;
+        publish(&state, "b", "from b").await;
+        let start = MessageId {
+            epoch: a.epoch,
+            seq: 0,
+        };
+        let mut subscription = Subscription::open(&state, Transport::WebSocket, None).unwrap();
+        subscription.add("a", Some(start)).await.unwrap();
+        subscription.add("b", Some(start)).await.unwrap();
+        assert!(subscription.remove("a"));
+        let Some(Event::Message { index, message }) = subscription.next_event().await else {
+            panic!("the replay of b");
+        };
+        assert_eq!(&*subscription.cursors()[index].name, "b");
+        assert_eq!(&message.data[..], b"from b");
+        assert!(matches!(
+            subscription.next_event().await,
+            Some(Event::Live { index: 0 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_live_message_of_another_epoch_at_sequence_zero_is_a_reset() {
+        let state = state().await;
+        let mut subscription = Subscription::open(&state, Transport::Sse, None).unwrap();
+        subscription.add("a", None).await.unwrap();
+        assert!(matches!(
+            subscription.next_event().await,
+            Some(Event::Live { .. })
+        ));
+        let odd = MessageId {
+            epoch: Epoch(1),
+            seq: 0,
+        };
+        let message = Message::new(Arc::from("a"), odd, None, Bytes::new(), 0, None);
+        state.hub.dispatch(&Arc::new(message));
+        assert!(matches!(
+            subscription.next_event().await,
+            Some(Event::Reset {
+                reason: ResetReason::EpochChanged,
+                ..
+            })
+        ));
     }
 }

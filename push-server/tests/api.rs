@@ -1128,6 +1128,12 @@ async fn a_grpc_subscriber_that_falls_behind_is_cut_with_resource_exhausted() {
         metrics.contains("sidestream_push_slow_consumer_disconnects_total{transport=\"grpc\"} 1"),
         "{metrics}"
     );
+    // The cut subscriber's queue is let go while its client still does not read.
+    let deadline = Instant::now() + WAIT;
+    while server.state.hub.stream_count() > 0 {
+        assert!(Instant::now() < deadline, "the cut gRPC stream is dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Reading again: what was queued, then the cut. Never the last message.
     let status = loop {
         match next_grpc(&mut lagging).await {
@@ -1138,4 +1144,159 @@ async fn a_grpc_subscriber_that_falls_behind_is_cut_with_resource_exhausted() {
     };
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     assert!(status.message().contains("slow consumer"));
+}
+
+/// Sends `request` on a new connection and reads until the server closes or
+/// `until` is in what arrived; returns what arrived.
+async fn raw_exchange(server: &Server, chunks: &[&[u8]], gap: Duration, until: &str) -> String {
+    let addr = server.http.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    for (i, chunk) in chunks.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        stream.write_all(chunk).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(until) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "no answer in time; got {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn a_request_head_that_never_ends_gets_408_in_time() {
+    let settings = Settings {
+        request_head_timeout: Duration::from_millis(300),
+        ..Settings::default()
+    };
+    let server = start(settings, Vec::new()).await;
+    let started = Instant::now();
+    // Slowloris: the head of an SSE request, without its final empty line.
+    let answer = raw_exchange(
+        &server,
+        &[b"GET /v1/events?topic=a HTTP/1.1\r\n", b"host: x\r\n"],
+        Duration::from_millis(50),
+        "}",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn requests_the_direct_path_passes_on_reach_hyper_intact() {
+    let server = start(Settings::default(), Vec::new()).await;
+    // A head sent in pieces is still served directly.
+    let answer = raw_exchange(
+        &server,
+        &[
+            b"GET /v1/ev",
+            b"ents?topic=a HTTP/1.1\r\nho",
+            b"st: x\r\n\r\n",
+        ],
+        Duration::from_millis(30),
+        "retry:",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    // HTTP/1.0, and a head above the direct path's 8 KiB, are read in full
+    // by the direct path, then served by hyper from the same bytes.
+    let answer = raw_exchange(
+        &server,
+        &[b"GET /v1/events?topic=a HTTP/1.0\r\n\r\n"],
+        Duration::ZERO,
+        "retry:",
+    )
+    .await;
+    assert!(answer.contains(" 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("text/event-stream"), "{answer}");
+    let padding = format!("x-padding: {}\r\n", "p".repeat(12 * 1024));
+    let big = format!("GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\n{padding}\r\n");
+    let answer = raw_exchange(&server, &[big.as_bytes()], Duration::ZERO, "retry:").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    // A publish whose head starts like an SSE request's prefix would not.
+    let body = "hello";
+    let publish = format!(
+        "POST /v1/topics/a/messages HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw_exchange(&server, &[publish.as_bytes()], Duration::ZERO, "}").await;
+    assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
+}
+
+#[tokio::test]
+async fn a_huge_topic_list_is_refused_at_once() {
+    let server = start(Settings::default(), Vec::new()).await;
+    let mut client = PushClient::connect(server.grpc.clone()).await.unwrap();
+    let request = SubscribeRequest {
+        topics: (0..200_000)
+            .map(|i| TopicPosition {
+                topic: format!("t{i}"),
+                from: String::new(),
+            })
+            .collect(),
+    };
+    let started = Instant::now();
+    let status = client.subscribe(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("at most 64 topics"), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let query: String = (0..65).map(|i| format!("topic=t{i}&")).collect();
+    let response = reqwest::get(format!("{}/v1/events?{query}", server.http))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn refusals_outside_the_handlers_get_the_same_json_errors() {
+    let server = start(Settings::default(), Vec::new()).await;
+    let client = reqwest::Client::new();
+    let cases = [
+        (
+            client.get(format!("{}/nope", server.http)),
+            404,
+            "not_found",
+        ),
+        (
+            client.delete(format!("{}/v1/events?topic=a", server.http)),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            client.get(format!("{}/v1/ws", server.http)),
+            400,
+            "bad_websocket_upgrade",
+        ),
+        (
+            client
+                .post(format!("{}/v1/topics/%FF/messages", server.http))
+                .body("x"),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{code}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], code, "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
 }

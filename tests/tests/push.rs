@@ -316,6 +316,34 @@ async fn two_push_servers_on_one_redis_share_topics_and_resume_across_servers() 
         ("after the loss", fresh.as_str())
     );
 
+    // A busy topic (more messages than milliseconds since its epoch began)
+    // loses its state: the new epoch still starts after what readers hold,
+    // so a live subscriber is told and gets the new messages.
+    let redis_cli = |args: &[&str]| {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    redis_cli(&["HINCRBY", "sidestream:push:shared:meta", "seq", "100000000"]);
+    b.publish("shared", "busy").await.expect("publish");
+    let mut event = next_sse(&mut resumed).await;
+    if event.event == "sidestream.reset" {
+        event = next_sse(&mut resumed).await;
+    }
+    assert_eq!(event.data, "busy");
+    assert_eq!(redis_cli(&["DEL", "sidestream:push:shared:meta"]), "1");
+    b.publish("shared", "after a busy epoch")
+        .await
+        .expect("publish");
+    let reset = next_sse(&mut resumed).await;
+    assert_eq!(reset.event, "sidestream.reset", "{reset:?}");
+    let data: Value = serde_json::from_str(&reset.data).expect("json");
+    assert_eq!(data["reason"], "epoch-changed");
+    assert_eq!(next_sse(&mut resumed).await.data, "after a busy epoch");
+
     // Idempotency keys hold across servers.
     let client = reqwest::Client::new();
     let mut answers = Vec::new();

@@ -6,10 +6,11 @@
 //!   `p` (traceparent, empty for none); trimmed with `MAXLEN ~ historySize`
 //!   (the exact count and the age limit are applied when reading);
 //! - `p:t:meta`, a hash holding `epoch`, the last `seq` and `base` (the seq
-//!   the epoch started after: the Unix time in ms when it began, so sequence
-//!   numbers never go backwards and readers following the stream see the new
-//!   epoch). Losing it starts a new epoch (and a new stream), so resuming
-//!   clients are told;
+//!   the epoch started after: the Unix time in ms when it began, or the last
+//!   sequence the stream still held if that is later, so sequence numbers
+//!   never go backwards and readers following the stream see the new epoch).
+//!   Losing it starts a new epoch (and a new stream), so resuming clients
+//!   are told;
 //! - `p:t:idem:<key>`, the id a publish with that idempotency key got (expires
 //!   after the idempotency window).
 //!
@@ -36,8 +37,18 @@ const PUBLISH_SCRIPT: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[1]
+  -- The new epoch starts after the clock (ms) or after what the log still
+  -- holds, whichever is later: readers following the stream are past the
+  -- old entries and must see the new ones. (Numbers stay strings: Lua
+  -- would print large ones in exponent form.)
+  local base = ARGV[8]
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if last[1] then
+    local held = string.match(last[1][1], '^(%d+)')
+    if held and tonumber(held) > tonumber(base) then base = held end
+  end
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', ARGV[8], 'base', ARGV[8])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', base, 'base', base)
 end
 if ARGV[7] ~= '' then
   local prior = redis.call('GET', KEYS[3])

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,11 +40,17 @@ struct Envelope {
 
 pub async fn publish(
     State(state): State<Arc<AppState>>,
-    Path(topic): Path<String>,
+    topic: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, PushError> {
+    let Path(topic) = topic.map_err(|rejection| {
+        PushError::BadRequest(format!(
+            "the topic in the path cannot be read: {}",
+            rejection.body_text()
+        ))
+    })?;
     let (span, traceparent) = request_span("publish", &headers);
     async move {
         let query = QueryParams::parse(query.as_deref());

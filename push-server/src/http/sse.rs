@@ -94,6 +94,7 @@ async fn subscribe(
             "name at least one topic: /v1/events?topic=a&topic=b".into(),
         ));
     }
+    crate::subscription::check_topic_count(topics.len())?;
     for (i, topic) in topics.iter().enumerate() {
         if topics[..i].contains(topic) {
             return Err(PushError::BadRequest(format!(

@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
@@ -65,8 +66,12 @@ pub async fn upgrade(
     connection: Option<Extension<Arc<ConnectionControl>>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, PushError> {
+    let upgrade = upgrade.map_err(|rejection| PushError::NotWebSocket {
+        status: rejection.status(),
+        message: rejection.body_text(),
+    })?;
     let (span, _) = request_span("websocket", &headers);
     let query = QueryParams::parse(query.as_deref());
     let token = token(&headers, &query).map(str::to_owned);
@@ -185,7 +190,10 @@ async fn handle_client_frame(
 }
 
 fn error_frame(topic: Option<&str>, error: &PushError) -> serde_json::Value {
-    serde_json::json!({ "type": "error", "topic": topic, "error": error.code(), "message": error.to_string() })
+    if let PushError::Broker(broker) = error {
+        tracing::warn!(error = %broker, "Broker error");
+    }
+    serde_json::json!({ "type": "error", "topic": topic, "error": error.code(), "message": error.public_message() })
 }
 
 async fn send_json(
@@ -271,4 +279,25 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
         socket.send(WsMessage::Close(Some(frame))),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::BrokerError;
+
+    #[test]
+    fn error_frames_carry_the_public_message() {
+        let frame = error_frame(Some("t"), &PushError::Broker(BrokerError::TooManyTopics(2)));
+        assert_eq!(frame["error"], "too_many_topics");
+        assert_eq!(frame["message"], "too many topics on this server");
+        let frame = error_frame(
+            None,
+            &PushError::Broker(BrokerError::Protocol("secret internals".into())),
+        );
+        assert_eq!(
+            frame["message"],
+            "the message broker is unavailable; retry later"
+        );
+    }
 }

@@ -1,28 +1,35 @@
 //! SSE subscriptions over HTTP/1.1 served straight on the socket.
 //!
 //! hyper keeps two 8 KiB buffers per connection (read buffer and response
-//! head) for the connection's whole life; with tens of thousands of idle
+//! head) for the connection's whole life, and will not go below 8 KiB
+//! (`max_buf_size` asserts at least 8192); with tens of thousands of idle
 //! subscribers that is most of the server's memory. The accept loop therefore
-//! *peeks* at each new HTTP/1.1 connection: a plain `GET /v1/events` is parsed
-//! here (the request head is read into a buffer freed right after) and its
-//! events are written as a chunked response with vectored writes of the
-//! shared frames, batching whatever is queued. Anything else — other paths,
-//! upgrades, HTTP/2, request bodies — goes to hyper untouched (peeking
-//! consumes nothing).
+//! reads the start of each new connection: a plain HTTP/1.1 `GET /v1/events`
+//! is parsed here (the request head is read into a buffer freed right after)
+//! and its events are written as a chunked response with vectored writes of
+//! the shared frames, batching whatever is queued. Anything else — other
+//! paths, other methods, HTTP/1.0, upgrades, HTTP/2, request bodies,
+//! absolute-form targets, heads above 8 KiB, unparsable heads —
+//! goes to hyper, which reads the bytes already taken first ([`Rewind`]) and
+//! answers malformed requests with its own 4xx. A head that does not arrive
+//! within the head timeout gets 408.
 
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::IntoResponse;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures::FutureExt;
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Shutdown;
+use crate::error::PushError;
 use crate::http::sse::{self, SseBody};
 use crate::http::QueryParams;
 use crate::hub::ConnectionControl;
@@ -30,6 +37,10 @@ use crate::state::AppState;
 
 /// The path served directly.
 const EVENTS_PATH: &str = "/v1/events";
+/// What a request served here starts with.
+const REQUEST_PREFIX: &[u8] = b"GET /v1/events";
+/// First read of a connection.
+const FIRST_READ: usize = 1024;
 /// Largest request head handled here (larger ones go to hyper).
 const MAX_HEAD: usize = 8 * 1024;
 /// Most headers parsed.
@@ -38,8 +49,6 @@ const MAX_HEADERS: usize = 48;
 const MAX_BATCH_FRAMES: usize = 64;
 /// Bytes gathered into one write.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a cut connection may still write.
 const CUT_GRACE: Duration = Duration::from_secs(2);
 
@@ -51,54 +60,78 @@ pub struct SseRequest {
     headers: HeaderMap,
 }
 
-/// Whether the connection starts with an SSE request this module serves; if
-/// so, the request head is consumed from the socket and returned.
-pub async fn take_sse_request(stream: &mut TcpStream) -> Option<SseRequest> {
-    tokio::time::timeout(HEAD_TIMEOUT, peek_sse_request(stream))
-        .await
-        .ok()
-        .flatten()
+/// What a new connection turned out to be.
+pub enum Opening {
+    /// A `GET /v1/events` served here; its head has been consumed.
+    Sse(TcpStream, SseRequest),
+    /// Anything else: hyper serves it, reading the bytes already taken first.
+    Other(Rewind),
+    /// The connection closed, or its head did not arrive in time (answered).
+    Done,
 }
 
-async fn peek_sse_request(stream: &mut TcpStream) -> Option<SseRequest> {
-    let prefix = format!("GET {EVENTS_PATH}");
-    let mut buf = vec![0u8; 1024];
+/// Reads the start of a new connection and tells who serves it. The head
+/// must arrive within `head_timeout` (slowloris): a client that sent part of
+/// one gets 408, one that sent nothing is closed.
+pub async fn open(mut stream: TcpStream, head_timeout: Duration) -> Opening {
+    let mut buf = vec![0u8; FIRST_READ];
+    let mut filled = 0;
+    let deadline = tokio::time::sleep(head_timeout);
+    tokio::pin!(deadline);
     loop {
-        let n = stream.peek(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        let seen = &buf[..n];
-        let compared = seen.len().min(prefix.len());
-        if seen[..compared] != prefix.as_bytes()[..compared] {
-            return None; // not ours: hyper serves it
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(seen) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let parsed = parse(&request)?;
-                // Consume exactly the head.
-                let mut head = vec![0u8; head_len];
-                tokio::io::AsyncReadExt::read_exact(stream, &mut head)
-                    .await
-                    .ok()?;
-                return Some(parsed);
-            }
-            Ok(httparse::Status::Partial) => {
-                if n == buf.len() {
-                    if buf.len() >= MAX_HEAD {
-                        return None;
-                    }
-                    buf.resize(buf.len() * 2, 0);
-                    continue;
+        let read = tokio::select! {
+            read = stream.read(&mut buf[filled..]) => read,
+            () = &mut deadline => {
+                if filled > 0 {
+                    let _ = tokio::time::timeout(
+                        CUT_GRACE,
+                        write_error(&mut stream, PushError::RequestTimeout),
+                    )
+                    .await;
                 }
-                // Wait for more of the head (peek returns at once while data is there).
-                stream.readable().await.ok()?;
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                return Opening::Done;
             }
-            Err(_) => return None,
+        };
+        match read {
+            Ok(0) if filled == 0 => return Opening::Done,
+            // A partial head and EOF: hyper answers it.
+            Ok(0) => return Opening::Other(Rewind::new(stream, buf, filled)),
+            Ok(n) => filled += n,
+            Err(_) => return Opening::Done,
         }
+        match classify(&buf[..filled]) {
+            Head::Ours(request) => return Opening::Sse(stream, request),
+            Head::Other => return Opening::Other(Rewind::new(stream, buf, filled)),
+            Head::Partial if filled < buf.len() => {}
+            Head::Partial if buf.len() < MAX_HEAD => buf.resize(buf.len() * 2, 0),
+            Head::Partial => return Opening::Other(Rewind::new(stream, buf, filled)),
+        }
+    }
+}
+
+enum Head {
+    Ours(SseRequest),
+    Other,
+    Partial,
+}
+
+/// Whether `seen` (the start of a connection) is a complete request served here.
+fn classify(seen: &[u8]) -> Head {
+    let compared = seen.len().min(REQUEST_PREFIX.len());
+    if seen[..compared] != REQUEST_PREFIX[..compared] {
+        return Head::Other; // not ours: hyper serves it
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(seen) {
+        // Bytes after the head (pipelined requests) are dropped: the
+        // response says `connection: close`.
+        Ok(httparse::Status::Complete(_)) => match parse(&request) {
+            Some(parsed) => Head::Ours(parsed),
+            None => Head::Other,
+        },
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(_) => Head::Other,
     }
 }
 
@@ -290,10 +323,7 @@ async fn client_gone(stream: &TcpStream) {
     }
 }
 
-async fn write_error(
-    stream: &mut TcpStream,
-    error: crate::error::PushError,
-) -> std::io::Result<()> {
+async fn write_error(stream: &mut TcpStream, error: PushError) -> std::io::Result<()> {
     let response = error.into_response();
     let (parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, 64 * 1024)
@@ -318,9 +348,105 @@ async fn write_error(
     stream.shutdown().await
 }
 
+/// A connection whose first bytes were already read: reads return them
+/// first (then the buffer is freed), writes go straight to the socket.
+pub struct Rewind {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl Rewind {
+    fn new(stream: TcpStream, mut buf: Vec<u8>, filled: usize) -> Rewind {
+        buf.truncate(filled);
+        Rewind {
+            prefix: Bytes::from(buf),
+            stream,
+        }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                this.prefix = Bytes::new(); // free the head buffer
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heads_are_classified() {
+        let ours = "GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\n\r\n";
+        assert!(matches!(classify(ours.as_bytes()), Head::Ours(_)));
+        for partial in [
+            "G",
+            "GET /v1/ev",
+            "GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\n",
+        ] {
+            assert!(
+                matches!(classify(partial.as_bytes()), Head::Partial),
+                "{partial}"
+            );
+        }
+        for other in [
+            "POST /v1/topics/a/messages HTTP/1.1\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET http://x/v1/events?topic=a HTTP/1.1\r\nhost: x\r\n\r\n",
+            "GET /v1/events?topic=a HTTP/1.0\r\n\r\n",
+            "GET /v1/eventsx?topic=a HTTP/1.1\r\nhost: x\r\n\r\n",
+            "GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc",
+            "GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n\r\n",
+            "GET /v1/events?topic=a HTTP/1.1\r\nbad header\r\n\r\n",
+        ] {
+            assert!(matches!(classify(other.as_bytes()), Head::Other), "{other}");
+        }
+    }
 
     #[test]
     fn chunk_headers_are_hex() {
