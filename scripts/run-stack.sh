@@ -140,7 +140,10 @@ stopping=0
 
 start() { # start NAME COMMAND...: runs it in the background, output appended to logs/NAME.log
   local name="$1"; shift
-  "$@" >>"$run_dir/logs/$name.log" 2>&1 &
+  # A session of its own: Ctrl-C reaches only this script, which then stops
+  # the processes newest first (a child killed by the terminal's SIGINT at the
+  # same moment would look like a crash, and the order would be lost).
+  setsid "$@" >>"$run_dir/logs/$name.log" 2>&1 &
   local pid=$! i
   echo "$pid" >"$run_dir/pids/$name.pid"
   for i in "${!names[@]}"; do
