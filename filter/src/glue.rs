@@ -11,7 +11,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType};
 use crate::config_stream::{ConfigStream, Phase, TICK_PERIOD};
 use crate::configure;
 use crate::host::{Host, ProxyWasmHost};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, FLUSH_PERIOD};
 use crate::request::{RequestFlow, Verdict};
 use crate::vm::{entropy_seed, VmState};
 
@@ -106,11 +106,16 @@ impl RootContext for SidestreamRoot {
                 configure::stream_node_id(&host, &vm.bootstrap.node_id, vm.random_u64()),
             )
         });
-        if self.config_stream.is_some() {
-            if let Err(status) = hostcalls::set_tick_period(TICK_PERIOD) {
-                log::error!("sidestream: cannot set the tick period: {status:?}");
-                return false;
-            }
+        // The tick drives the config stream and flushes the batched
+        // per-request counters, so it runs without a control plane too.
+        let tick = if self.config_stream.is_some() {
+            TICK_PERIOD
+        } else {
+            FLUSH_PERIOD
+        };
+        if let Err(status) = hostcalls::set_tick_period(tick) {
+            log::error!("sidestream: cannot set the tick period: {status:?}");
+            return false;
         }
         log::info!(
             "sidestream: configured (node {}, control plane {})",
@@ -125,10 +130,13 @@ impl RootContext for SidestreamRoot {
     }
 
     fn on_tick(&mut self) {
+        let host = ProxyWasmHost;
+        if let Some(vm) = &self.vm {
+            vm.metrics.flush(&host);
+        }
         let (Some(vm), Some(stream)) = (&self.vm, &mut self.config_stream) else {
             return;
         };
-        let host = ProxyWasmHost;
         match host.now_nanos() {
             Ok(now) => stream.on_tick(&host, vm, now),
             Err(error) => vm.metrics.host_failure(&host, &error),

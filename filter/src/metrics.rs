@@ -170,7 +170,18 @@ pub struct Metrics {
     pub config_stream_reconnects: Option<u32>,
     pub host_call_failures: Option<u32>,
     release_requests: RefCell<Vec<ReleaseCounter>>,
+    /// Per-request counter deltas not yet given to Envoy: (metric id, delta),
+    /// one entry per metric, kept (at zero) between flushes. The root context
+    /// flushes them on its tick ([`FLUSH_PERIOD`] at most apart), so a request
+    /// costs no `increment_metric` host call; gauges and rare counters stay
+    /// immediate.
+    pending: RefCell<Vec<(u32, i64)>>,
 }
+
+/// How often the root context flushes the batched counters when no control
+/// plane sets a faster tick. Stats lag requests by at most this much; Envoy
+/// itself flushes stats to sinks far less often (5 s by default).
+pub const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[derive(Debug)]
 struct ReleaseCounter {
@@ -206,6 +217,7 @@ impl Metrics {
             config_stream_reconnects: define(CONFIG_STREAM_RECONNECTS),
             host_call_failures: define(HOST_CALL_FAILURES),
             release_requests: RefCell::new(Vec::new()),
+            pending: RefCell::new(Vec::new()),
         }
     }
 
@@ -214,6 +226,32 @@ impl Metrics {
         if let Some(id) = id {
             if let Err(error) = host.increment_metric(id, delta) {
                 self.host_failure(host, &error);
+            }
+        }
+    }
+
+    /// Adds `delta` to a counter in the VM-local batch; Envoy sees it at the
+    /// next [`Metrics::flush`]. For per-request counters only.
+    pub fn count(&self, id: Option<u32>, delta: i64) {
+        if let Some(id) = id {
+            let mut pending = self.pending.borrow_mut();
+            match pending.iter_mut().find(|(seen, _)| *seen == id) {
+                Some((_, sum)) => *sum += delta,
+                None => pending.push((id, delta)),
+            }
+        }
+    }
+
+    /// Gives the batched counter deltas to Envoy: one host call per metric
+    /// that moved since the last flush.
+    pub fn flush(&self, host: &impl Host) {
+        let mut pending = self.pending.borrow_mut();
+        for (id, sum) in pending.iter_mut() {
+            let delta = std::mem::replace(sum, 0);
+            if delta != 0 {
+                if let Err(error) = host.increment_metric(*id, delta) {
+                    self.host_failure(host, &error);
+                }
             }
         }
     }
@@ -265,6 +303,6 @@ impl Metrics {
                 }
             }
         };
-        self.add(host, id, 1);
+        self.count(id, 1);
     }
 }

@@ -165,13 +165,13 @@ impl RequestFlow {
             TraceOutcome::Started => Some(vm.metrics.traces_started),
             TraceOutcome::Continued => Some(vm.metrics.traces_continued),
             TraceOutcome::InvalidParent => {
-                vm.metrics.add(host, vm.metrics.traces_invalid_parent, 1);
+                vm.metrics.count(vm.metrics.traces_invalid_parent, 1);
                 Some(vm.metrics.traces_started)
             }
             TraceOutcome::Disabled => None,
         };
         if let Some(counter) = counter {
-            vm.metrics.add(host, counter, 1);
+            vm.metrics.count(counter, 1);
         }
         for name in &decision.remove_headers {
             if let Err(error) = host.set_request_header(name, None) {
@@ -206,11 +206,15 @@ impl RequestFlow {
             return;
         };
         let decision = policy.decide(headers, trace_id);
-        if let Err(error) = host.set_request_header(decision.tag_header, Some(decision.group)) {
-            vm.metrics.host_failure(host, &error);
-        }
-        if let Err(error) = host.clear_route_cache() {
-            vm.metrics.host_failure(host, &error);
+        // A request that already carries exactly the chosen group was routed on
+        // it: writing the same value and re-routing would change nothing.
+        if headers.header(decision.tag_header) != Some(decision.group) {
+            if let Err(error) = host.set_request_header(decision.tag_header, Some(decision.group)) {
+                vm.metrics.host_failure(host, &error);
+            }
+            if let Err(error) = host.clear_route_cache() {
+                vm.metrics.host_failure(host, &error);
+            }
         }
         vm.metrics
             .count_release(host, decision.policy, decision.group);

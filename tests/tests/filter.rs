@@ -164,12 +164,15 @@ async fn an_invalid_parent_starts_a_new_trace() {
             "tracestate dropped with an invalid parent"
         );
     }
-    let invalid_count = s
-        .envoy
-        .stat("wasmcustom.sidestream.traces_invalid_parent")
-        .await
-        .expect("stats");
-    assert_eq!(invalid_count, Some(invalid.len() as i64));
+    // Per-request counters reach Envoy at the VM's next flush (≤ 200 ms).
+    assert_eventually!(Duration::from_secs(5), "invalid parents counted", async {
+        let count = s
+            .envoy
+            .stat("wasmcustom.sidestream.traces_invalid_parent")
+            .await?;
+        anyhow::ensure!(count == Some(invalid.len() as i64), "count {count:?}");
+        Ok(())
+    });
 }
 
 #[tokio::test]
@@ -476,12 +479,14 @@ async fn header_values_that_are_not_utf8_do_not_break_the_filter() {
     // The VMs are alive and still stamp traces.
     let (echo, _) = get(&s.envoy, "/", &[]).await;
     traceparent_parts(upstream_header(&echo, "traceparent").expect("traceparent"));
-    let invalid = s
-        .envoy
-        .stat("wasmcustom.sidestream.traces_invalid_parent")
-        .await
-        .unwrap();
-    assert_eq!(invalid, Some(4));
+    assert_eventually!(Duration::from_secs(5), "invalid parents counted", async {
+        let invalid = s
+            .envoy
+            .stat("wasmcustom.sidestream.traces_invalid_parent")
+            .await?;
+        anyhow::ensure!(invalid == Some(4), "count {invalid:?}");
+        Ok(())
+    });
 }
 
 #[tokio::test]
@@ -503,33 +508,37 @@ async fn the_filter_stats_appear_in_prometheus() {
     let admitted = streams.len() as f64;
     let refused = refusals.len() as f64;
     assert!(admitted >= 5.0, "burst 5");
-    let text = s.envoy.prometheus().await.expect("prometheus");
-    let value = |name: &str| -> Option<f64> {
-        text.lines()
-            .find(|line| {
-                line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
-            })
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    };
-    let expected = [
-        ("sidestream_traces_started", 3.0 + 6.0),
-        ("sidestream_traces_continued", 1.0),
-        ("sidestream_traces_invalid_parent", 1.0),
-        ("sidestream_release_grey_canary_requests", 1.0),
-        ("sidestream_release_grey_stable_requests", 3.0 + admitted),
-        ("sidestream_streams_admitted", admitted),
-        ("sidestream_streams_refused", refused),
-        ("sidestream_streams_active", admitted),
-        ("sidestream_config_version", 0.0),
-        ("sidestream_config_updates_applied", 0.0),
-        ("sidestream_config_nacks", 0.0),
-        ("sidestream_config_stream_reconnects", 0.0),
-        ("sidestream_host_call_failures", 0.0),
-    ];
-    for (name, want) in expected {
-        assert_eq!(value(name), Some(want), "{name} in\n{text}");
-    }
+    // Per-request counters reach Envoy at the VM's next flush (≤ 200 ms).
+    let text = assert_eventually!(Duration::from_secs(5), "filter stats", async {
+        let text = s.envoy.prometheus().await?;
+        let value = |name: &str| -> Option<f64> {
+            text.lines()
+                .find(|line| {
+                    line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+                })
+                .and_then(|line| line.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+        };
+        let expected = [
+            ("sidestream_traces_started", 3.0 + 6.0),
+            ("sidestream_traces_continued", 1.0),
+            ("sidestream_traces_invalid_parent", 1.0),
+            ("sidestream_release_grey_canary_requests", 1.0),
+            ("sidestream_release_grey_stable_requests", 3.0 + admitted),
+            ("sidestream_streams_admitted", admitted),
+            ("sidestream_streams_refused", refused),
+            ("sidestream_streams_active", admitted),
+            ("sidestream_config_version", 0.0),
+            ("sidestream_config_updates_applied", 0.0),
+            ("sidestream_config_nacks", 0.0),
+            ("sidestream_config_stream_reconnects", 0.0),
+            ("sidestream_host_call_failures", 0.0),
+        ];
+        for (name, want) in expected {
+            anyhow::ensure!(value(name) == Some(want), "{name} in\n{text}");
+        }
+        Ok(text)
+    });
     assert!(text.contains("# TYPE sidestream_streams_active gauge"));
     assert!(text.contains("# TYPE sidestream_traces_started counter"));
 }

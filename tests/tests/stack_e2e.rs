@@ -476,10 +476,21 @@ async fn stream_limits_hold_through_the_stack_and_stats_are_exported() {
         value("sidestream_config_version").unwrap_or(0.0) >= policy_version as f64,
         "config version exported"
     );
-    assert!(
-        value("sidestream_traces_started").unwrap_or(0.0) >= 30.0,
-        "traces counted"
-    );
+    // Per-request counters reach Envoy at each VM's next flush (a tick).
+    assert_eventually!(Duration::from_secs(5), "traces counted", async {
+        let text = reqwest::get(format!("{}/stats/prometheus", stack.envoy_admin_url()))
+            .await?
+            .text()
+            .await?;
+        let started: f64 = text
+            .lines()
+            .find(|l| l.split([' ', '{']).next() == Some("sidestream_traces_started"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        anyhow::ensure!(started >= 30.0, "traces_started {started}");
+        Ok(())
+    });
     drop(responses);
 }
 

@@ -37,6 +37,8 @@ fn run(host: &FakeHost, vm: &VmState) -> (Verdict, RequestFlow) {
     let mut flow = RequestFlow::new();
     let verdict = flow.on_request_headers(host, vm);
     flow.on_response_headers(host, vm);
+    // What the root context's tick does: batched counters reach Envoy.
+    vm.metrics.flush(host);
     (verdict, flow)
 }
 
@@ -200,7 +202,55 @@ fn a_forged_tag_alone_is_overwritten() {
     let host = FakeHost::with_request(&envoy, &[(":path", "/"), ("x-sidestream-group", "canary")]);
     run(&host, &vm);
     assert_eq!(host.header("x-sidestream-group").as_deref(), Some("stable"));
+    assert_eq!(host.route_cleared.get(), 1, "the route saw the forged tag");
     assert_eq!(envoy.metric("sidestream.release.grey.stable.requests"), 1);
+}
+
+#[test]
+fn a_tag_that_already_names_the_chosen_group_is_not_rerouted() {
+    let envoy = FakeEnvoy::new();
+    let vm = standalone_vm(&envoy);
+    let host = FakeHost::with_request(&envoy, &[(":path", "/"), ("x-sidestream-group", "stable")]);
+    run(&host, &vm);
+    assert_eq!(host.header("x-sidestream-group").as_deref(), Some("stable"));
+    assert_eq!(
+        host.route_cleared.get(),
+        0,
+        "the route already saw this group"
+    );
+    assert_eq!(envoy.metric("sidestream.release.grey.stable.requests"), 1);
+    // A repeated tag header is not the chosen group: it is overwritten.
+    let host = FakeHost::with_request(
+        &envoy,
+        &[
+            (":path", "/"),
+            ("x-sidestream-group", "stable"),
+            ("x-sidestream-group", "stable"),
+        ],
+    );
+    run(&host, &vm);
+    assert_eq!(host.route_cleared.get(), 1);
+}
+
+#[test]
+fn request_counters_reach_envoy_at_the_flush() {
+    let envoy = FakeEnvoy::new();
+    let vm = standalone_vm(&envoy);
+    let host = FakeHost::new(&envoy);
+    for _ in 0..3 {
+        host.set_request(&[(":path", "/")]);
+        RequestFlow::new().on_request_headers(&host, &vm);
+    }
+    assert_eq!(envoy.metric(metrics::TRACES_STARTED.name), 0, "batched");
+    vm.metrics.flush(&host);
+    assert_eq!(envoy.metric(metrics::TRACES_STARTED.name), 3);
+    assert_eq!(envoy.metric("sidestream.release.grey.stable.requests"), 3);
+    vm.metrics.flush(&host);
+    assert_eq!(
+        envoy.metric(metrics::TRACES_STARTED.name),
+        3,
+        "flushed once"
+    );
 }
 
 #[test]
