@@ -66,6 +66,10 @@ say() { printf 'run-stack: %s\n' "$*"; }
 die() { printf 'run-stack: %s\n' "$*" >&2; exit 1; }
 
 # --- preflight --------------------------------------------------------------
+# The push server refuses a duration without a unit (as the control plane does).
+case "$drain" in
+  *[0-9] | *.) die "STACK_DRAIN='$drain' needs a unit: ${drain}ms, ${drain}s, ${drain}m" ;;
+esac
 for tool in etcd redis-server redis-cli envoy curl; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed; run scripts/install-deps.sh run"
 done

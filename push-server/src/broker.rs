@@ -57,15 +57,37 @@ impl ResetReason {
     }
 }
 
+/// Messages one replay page holds at most.
+pub const REPLAY_PAGE_MESSAGES: usize = 256;
+/// Bytes one replay page may hold at most, counted by the topic's message
+/// size limit (a page holds at least one message).
+pub const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
+
+/// How many messages one page of a resume's replay fetches for a subscriber
+/// with a queue of `queue_capacity`: at most that queue, [`REPLAY_PAGE_MESSAGES`]
+/// and [`REPLAY_PAGE_BYTES`] worth of the topic's largest messages.
+pub fn replay_page(settings: &TopicSettings, queue_capacity: usize) -> usize {
+    (REPLAY_PAGE_BYTES / settings.max_message_bytes.max(1))
+        .min(REPLAY_PAGE_MESSAGES)
+        .min(queue_capacity)
+        .max(1)
+}
+
 /// What a subscription to one topic starts with.
 #[derive(Debug, Clone)]
 pub struct Resume {
-    /// Messages to replay, in order.
+    /// The first messages to replay, in order: at most the `limit` asked for.
+    /// The rest comes page by page from [`Broker::history`].
     pub messages: Vec<Arc<Message>>,
     /// Set when the subscriber missed messages.
     pub reset: Option<ResetReason>,
-    /// The position after the replay (live delivery continues after it).
+    /// Where the replay starts: the last position not replayed (`messages`
+    /// follow it).
     pub position: MessageId,
+    /// The topic's last sequence when the resume was planned: the replay goes
+    /// up to it; later messages reach the subscriber live (it subscribed to
+    /// the hub before resuming).
+    pub head: u64,
 }
 
 /// The store and distributor of messages.
@@ -78,13 +100,27 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         draft: Draft,
     ) -> BrokerFuture<'a, Published>;
 
-    /// History after `from` (or nothing but the current position, for `None`).
+    /// Plans a subscription's start: the reset to report and the position
+    /// after `from` (or just the current position, for `None`), with at most
+    /// `limit` messages of history after it.
     fn resume<'a>(
         &'a self,
         topic: &'a Arc<str>,
         settings: &'a TopicSettings,
         from: Option<MessageId>,
+        limit: usize,
     ) -> BrokerFuture<'a, Resume>;
+
+    /// The next page of a replay: at most `limit` messages of `epoch` after
+    /// sequence `after`, in order. Empty when history holds none.
+    fn history<'a>(
+        &'a self,
+        topic: &'a Arc<str>,
+        settings: &'a TopicSettings,
+        epoch: Epoch,
+        after: u64,
+        limit: usize,
+    ) -> BrokerFuture<'a, Vec<Arc<Message>>>;
 
     /// Starts delivering `topic`'s live messages to this node's hub; returns
     /// once every message published after the return is sure to arrive.
@@ -164,6 +200,18 @@ mod tests {
             epoch: Epoch(epoch),
             seq,
         })
+    }
+
+    #[test]
+    fn replay_pages_are_bounded_by_queue_count_and_bytes() {
+        let mut settings = TopicSettings::defaults("t");
+        settings.max_message_bytes = 64 * 1024;
+        assert_eq!(replay_page(&settings, 1024), 16);
+        assert_eq!(replay_page(&settings, 4), 4);
+        settings.max_message_bytes = 100;
+        assert_eq!(replay_page(&settings, 1024), REPLAY_PAGE_MESSAGES);
+        settings.max_message_bytes = 16 * 1024 * 1024;
+        assert_eq!(replay_page(&settings, 1024), 1);
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub const PUBLISH_TO_WRITE: (&str, &str) = (
     "sidestream_push_publish_to_write_seconds",
     "Time from publish to the event being handed to the subscriber's connection, by transport",
 );
+pub const REPLAY_HELD: (&str, &str) = (
+    "sidestream_push_replay_held_messages",
+    "Messages streams hold outside their queues: history pages of resumes being replayed (at most one page per stream)",
+);
 pub const DRAINING: (&str, &str) = (
     "sidestream_push_draining",
     "1 while the server drains (SIGTERM)",
@@ -139,6 +143,7 @@ pub struct Metrics {
     rejected: Family<ReasonLabel, Counter>,
     resumes: Family<OutcomeLabel, Counter>,
     backlog: Gauge,
+    replay_held: Gauge,
     draining: Gauge,
     config_updates: Family<ResultLabel, Counter>,
 }
@@ -177,6 +182,7 @@ impl Metrics {
             rejected: Family::default(),
             resumes: Family::default(),
             backlog: Gauge::default(),
+            replay_held: Gauge::default(),
             draining: Gauge::default(),
             config_updates: Family::default(),
             registry: Registry::default(),
@@ -212,6 +218,7 @@ impl Metrics {
         );
         registry.register(RESUMES.0, RESUMES.1, metrics.resumes.clone());
         registry.register(PUBLISH_TO_WRITE.0, PUBLISH_TO_WRITE.1, latency);
+        registry.register(REPLAY_HELD.0, REPLAY_HELD.1, metrics.replay_held.clone());
         registry.register(DRAINING.0, DRAINING.1, metrics.draining.clone());
         registry.register(
             CONFIG_UPDATES.0,
@@ -283,6 +290,18 @@ impl Metrics {
         self.config_updates
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+
+    /// `delta` messages more (or fewer) held by streams as replay pages.
+    pub fn replay_held(&self, delta: i64) {
+        if delta != 0 {
+            self.replay_held.inc_by(delta);
+        }
+    }
+
+    /// Messages held by streams as replay pages now.
+    pub fn replay_held_now(&self) -> i64 {
+        self.replay_held.get()
     }
 
     pub fn set_draining(&self, draining: bool) {

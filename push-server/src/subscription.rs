@@ -2,20 +2,38 @@
 //! history replay on resume, de-duplication between replay and live messages,
 //! resets, drain and slow-consumer ends. Transports turn its [`Event`]s into
 //! SSE, WebSocket or gRPC frames.
+//!
+//! Replay is paged: one topic at a time, one page of history at a time
+//! ([`replay_page`]: at most the queue capacity, 256 messages or 1 MiB of the
+//! topic's largest messages), the next page fetched only once the stream has
+//! written the previous one. The stream subscribes to the hub before it
+//! resumes, so every message after the resume's `head` reaches its bounded
+//! queue live; replay goes up to `head`, live messages already replayed are
+//! skipped by sequence, and a queue that overflows meanwhile cuts the stream
+//! as a slow consumer. A stream thus holds at most one page besides its queue.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use sidestream_core::config::TopicSettings;
 use tokio::sync::mpsc;
 
-use crate::broker::{resume_outcome, ResetReason};
+use crate::broker::{replay_page, resume_outcome, BrokerError, ResetReason};
 use crate::error::PushError;
 use crate::hub::{ConnectionControl, Delivery, StreamHandle, StreamKey, TopicKey};
 use crate::message::{Epoch, Message, MessageId};
 use crate::metrics::Transport;
 use crate::state::AppState;
 use crate::topics::MAX_TOPICS_PER_STREAM;
+
+/// First wait before fetching a replay page again after a broker error.
+const PAGE_RETRY_INITIAL: Duration = Duration::from_millis(250);
+/// Longest wait between replay page attempts.
+const PAGE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What a stream writes next.
 #[derive(Debug, Clone)]
@@ -78,6 +96,37 @@ pub struct Cursor {
     /// The position of the last event written for this topic.
     pub position: MessageId,
     key: Option<TopicKey>,
+    /// History still to replay, fetched a page at a time.
+    replay: Option<Replay>,
+}
+
+/// The part of a topic's history a resume has not fetched yet.
+#[derive(Debug, Clone)]
+struct Replay {
+    settings: Arc<TopicSettings>,
+    epoch: Epoch,
+    /// The last sequence fetched.
+    after: u64,
+    /// The topic's head when the resume was planned: later messages arrive live.
+    until: u64,
+}
+
+type PageFuture =
+    Pin<Box<dyn Future<Output = Result<Vec<Arc<Message>>, BrokerError>> + Send + 'static>>;
+
+/// A replay page being fetched. (The mutex, never contended, makes the
+/// stream `Sync`: transports hold `&Subscription` across awaits.)
+struct PageFetch {
+    topic: Arc<str>,
+    future: std::sync::Mutex<PageFuture>,
+}
+
+impl std::fmt::Debug for PageFetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageFetch")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A stream's subscriptions.
@@ -89,6 +138,13 @@ pub struct Subscription {
     stream_key: Option<StreamKey>,
     cursors: Vec<Cursor>,
     pending: VecDeque<Event>,
+    /// Messages in `pending` (a replay page; a live message behind a reset).
+    held: usize,
+    /// The most `held` has been (see [`Subscription::held_peak`]).
+    held_peak: usize,
+    fetch: Option<PageFetch>,
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
+    retry_delay: Duration,
     finished: bool,
 }
 
@@ -115,6 +171,11 @@ impl Subscription {
             stream_key: Some(stream_key),
             cursors: Vec::new(),
             pending: VecDeque::new(),
+            held: 0,
+            held_peak: 0,
+            fetch: None,
+            retry: None,
+            retry_delay: PAGE_RETRY_INITIAL,
             finished: false,
         })
     }
@@ -142,6 +203,36 @@ impl Subscription {
         self.rx.len()
     }
 
+    /// The most messages this stream has held outside its queue at once
+    /// (history pages of its resumes): at most one page.
+    pub fn held_peak(&self) -> usize {
+        self.held_peak
+    }
+
+    /// Whether a replay is under way (its pages are fetched one at a time,
+    /// one topic at a time).
+    fn replaying(&self) -> bool {
+        self.held > 0 || self.fetch.is_some() || self.cursors.iter().any(|c| c.replay.is_some())
+    }
+
+    fn push_pending(&mut self, event: Event) {
+        if matches!(event, Event::Message { .. }) {
+            self.held += 1;
+            self.held_peak = self.held_peak.max(self.held);
+            self.state.metrics.replay_held(1);
+        }
+        self.pending.push_back(event);
+    }
+
+    fn pop_pending(&mut self) -> Option<Event> {
+        let event = self.pending.pop_front()?;
+        if matches!(event, Event::Message { .. }) {
+            self.held -= 1;
+            self.state.metrics.replay_held(-1);
+        }
+        Some(event)
+    }
+
     /// Subscribes to `topic` (auth is the caller's), replaying history after
     /// `from`. Returns the topic's index. Subscribing twice is a no-op.
     pub async fn add(&mut self, topic: &str, from: Option<MessageId>) -> Result<usize, PushError> {
@@ -157,8 +248,20 @@ impl Subscription {
         let key = self.state.hub.subscribe(&name, &self.handle);
         let broker = self.state.broker.clone();
         let live = key.topic.ensure_live(|| broker.watch(&name)).await;
+        // One topic replays at a time: a topic added meanwhile gets its plan
+        // (and reset) now and its history when its turn comes.
+        let limit = if from.is_some() && !self.replaying() {
+            replay_page(&settings, self.state.settings.queue_capacity)
+        } else {
+            0
+        };
         let resume = match live {
-            Ok(()) => self.state.broker.resume(&name, &settings, from).await,
+            Ok(()) => {
+                self.state
+                    .broker
+                    .resume(&name, &settings, from, limit)
+                    .await
+            }
             Err(error) => Err(error),
         };
         let resume = match resume {
@@ -178,6 +281,7 @@ impl Subscription {
                     name: name.clone(),
                     position: resume.position,
                     key: None,
+                    replay: None,
                 });
                 self.cursors.len() - 1
             }
@@ -191,16 +295,27 @@ impl Subscription {
         };
         if let Some(reason) = resume.reset {
             tracing::info!(topic, reason = reason.as_str(), from = ?from.map(|f| f.to_string()), position = %resume.position, "Resume reset");
-            self.pending.push_back(Event::Reset {
+            self.push_pending(Event::Reset {
                 index,
                 reason,
                 position: resume.position,
             });
         }
+        let mut after = resume.position.seq;
         for message in resume.messages {
-            self.pending.push_back(Event::Message { index, message });
+            after = after.max(message.id.seq);
+            self.push_pending(Event::Message { index, message });
         }
-        self.pending.push_back(Event::Live { index });
+        if from.is_some() && after < resume.head {
+            self.cursors[index].replay = Some(Replay {
+                settings,
+                epoch: resume.position.epoch,
+                after,
+                until: resume.head,
+            });
+        } else {
+            self.push_pending(Event::Live { index });
+        }
         Ok(index)
     }
 
@@ -212,7 +327,25 @@ impl Subscription {
             return false;
         };
         let cursor = self.cursors.remove(index);
-        self.pending.retain(|event| event.index() != Some(index));
+        if self
+            .fetch
+            .as_ref()
+            .is_some_and(|fetch| fetch.topic == cursor.name)
+        {
+            self.fetch = None;
+        }
+        let mut dropped = 0;
+        self.pending.retain(|event| {
+            let keep = event.index() != Some(index);
+            if !keep && matches!(event, Event::Message { .. }) {
+                dropped += 1;
+            }
+            keep
+        });
+        self.held -= dropped;
+        self.state
+            .metrics
+            .replay_held(-i64::try_from(dropped).unwrap_or(i64::MAX));
         for event in &mut self.pending {
             event.shift_down_after(index);
         }
@@ -236,6 +369,115 @@ impl Subscription {
         self.cursors.get(index).is_some_and(|c| c.key.is_some())
     }
 
+    /// Drives the replay: fetches the next page of the first topic that has
+    /// history left, once the previous page is written. `None` when no
+    /// replay is under way; `Ready` when events were queued.
+    fn poll_replay(&mut self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        loop {
+            if let Some(sleep) = &mut self.retry {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Some(Poll::Pending);
+                }
+                self.retry = None;
+            }
+            if self.fetch.is_none() {
+                let cursor = self
+                    .cursors
+                    .iter()
+                    .find(|c| c.replay.is_some() && c.key.is_some())?;
+                let replay = cursor.replay.clone()?;
+                let topic = cursor.name.clone();
+                let broker = self.state.broker.clone();
+                let limit = replay_page(&replay.settings, self.state.settings.queue_capacity);
+                let name = topic.clone();
+                let future = async move {
+                    broker
+                        .history(&name, &replay.settings, replay.epoch, replay.after, limit)
+                        .await
+                };
+                self.fetch = Some(PageFetch {
+                    topic,
+                    future: std::sync::Mutex::new(Box::pin(future)),
+                });
+            }
+            let fetch = self.fetch.as_mut()?;
+            let future = fetch.future.get_mut().unwrap_or_else(|p| p.into_inner());
+            let Poll::Ready(result) = future.as_mut().poll(cx) else {
+                return Some(Poll::Pending);
+            };
+            let topic = fetch.topic.clone();
+            self.fetch = None;
+            let Some(index) = self
+                .cursors
+                .iter()
+                .position(|c| c.name == topic && c.replay.is_some())
+            else {
+                return Some(Poll::Ready(()));
+            };
+            match result {
+                Ok(page) => {
+                    self.retry_delay = PAGE_RETRY_INITIAL;
+                    self.take_page(index, page);
+                    return Some(Poll::Ready(()));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, topic = %topic, retry_ms = self.retry_delay.as_millis() as u64, "Cannot read a replay page; retrying");
+                    self.retry = Some(Box::pin(tokio::time::sleep(self.retry_delay)));
+                    self.retry_delay = (self.retry_delay * 2).min(PAGE_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Queues a replay page of topic `index`; a hole (history trimmed while
+    /// replaying) is reported as a reset, and the replay ends at its `until`
+    /// or when history has nothing more.
+    fn take_page(&mut self, index: usize, page: Vec<Arc<Message>>) {
+        let Some(mut replay) = self.cursors[index].replay.take() else {
+            return;
+        };
+        let start = replay.after;
+        for message in page {
+            if message.id.epoch != replay.epoch || message.id.seq <= replay.after {
+                continue;
+            }
+            if message.id.seq > replay.after + 1 {
+                let position = MessageId {
+                    epoch: replay.epoch,
+                    seq: message.id.seq - 1,
+                };
+                tracing::warn!(topic = %self.cursors[index].name, after = replay.after, next = %message.id, "History trimmed during a replay");
+                self.push_pending(Event::Reset {
+                    index,
+                    reason: ResetReason::HistoryGap,
+                    position,
+                });
+            }
+            replay.after = message.id.seq;
+            self.push_pending(Event::Message { index, message });
+        }
+        // A page that brings nothing new: history holds no more.
+        if replay.after == start && replay.after < replay.until {
+            // What was left is gone; live delivery follows `until`.
+            let position = MessageId {
+                epoch: replay.epoch,
+                seq: replay.until,
+            };
+            tracing::warn!(topic = %self.cursors[index].name, after = replay.after, until = replay.until, "History trimmed during a replay");
+            self.push_pending(Event::Reset {
+                index,
+                reason: ResetReason::HistoryGap,
+                position,
+            });
+            replay.after = replay.until;
+        }
+        if replay.after >= replay.until {
+            self.push_pending(Event::Live { index });
+        } else {
+            self.cursors[index].replay = Some(replay);
+        }
+    }
+
     /// The next event.
     pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         loop {
@@ -251,7 +493,7 @@ impl Subscription {
                 );
                 return Poll::Ready(Some(Event::SlowConsumer));
             }
-            if let Some(event) = self.pending.pop_front() {
+            if let Some(event) = self.pop_pending() {
                 match &event {
                     Event::Message { index, message } if self.is_active(*index) => {
                         let cursor = &mut self.cursors[*index];
@@ -276,6 +518,12 @@ impl Subscription {
                 return Poll::Ready(Some(Event::Drain {
                     retry_ms: self.state.drain_retry_ms(),
                 }));
+            }
+            // Live messages wait in the queue until the replay is over.
+            match self.poll_replay(cx) {
+                Some(Poll::Ready(())) => continue,
+                Some(Poll::Pending) => return Poll::Pending,
+                None => {}
             }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(Delivery::Message(message))) => {
@@ -319,7 +567,7 @@ impl Subscription {
                     };
                     tracing::warn!(topic = %message.topic, reason = reason.as_str(), from = %position, to = %message.id, "Live delivery skipped ids");
                     cursor.position = reset_position;
-                    self.pending.push_back(Event::Message { index, message });
+                    self.push_pending(Event::Message { index, message });
                     return Poll::Ready(Some(Event::Reset {
                         index,
                         reason,
@@ -344,6 +592,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.state
+            .metrics
+            .replay_held(-i64::try_from(self.held).unwrap_or(i64::MAX));
         let keys: Vec<TopicKey> = self
             .cursors
             .iter_mut()
@@ -365,15 +616,140 @@ mod tests {
     use crate::topics::TopicRegistry;
     use crate::{BrokerSpec, Settings};
     use bytes::Bytes;
+    use std::time::Duration;
 
     async fn state() -> Arc<AppState> {
+        state_with(1024, Vec::new()).await
+    }
+
+    async fn state_with(queue_capacity: usize, topics: Vec<TopicSettings>) -> Arc<AppState> {
         AppState::new(
-            Settings::default(),
-            TopicRegistry::new(Vec::new(), true),
+            Settings {
+                queue_capacity,
+                ..Settings::default()
+            },
+            TopicRegistry::new(topics, true),
             &BrokerSpec::Memory,
         )
         .await
         .unwrap()
+    }
+
+    /// Reads events until topic `index` is live and `count` messages came;
+    /// returns (topic index, seq) of every message and the resets.
+    async fn read(subscription: &mut Subscription, count: usize) -> Vec<(usize, u64)> {
+        let mut got = Vec::new();
+        while got.len() < count {
+            let event = tokio::time::timeout(Duration::from_secs(5), subscription.next_event())
+                .await
+                .expect("an event in time")
+                .expect("the stream goes on");
+            match event {
+                Event::Message { index, message } => got.push((index, message.id.seq)),
+                Event::Live { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(
+                subscription.held_peak() <= 4,
+                "held {} messages",
+                subscription.held_peak()
+            );
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_resume_over_a_long_history_is_replayed_a_page_at_a_time() {
+        // Queue of 4: pages of 4, so the stream never holds more than 4
+        // messages besides its queue, whatever the history.
+        let state = state_with(4, Vec::new()).await;
+        let first = publish(&state, "big", "m").await;
+        for _ in 1..300 {
+            publish(&state, "big", "m").await;
+        }
+        let start = MessageId {
+            epoch: first.epoch,
+            seq: 0,
+        };
+        let mut subscription = Subscription::open(&state, Transport::Sse, None).unwrap();
+        subscription.add("big", Some(start)).await.unwrap();
+        assert!(subscription.held_peak() <= 4);
+        let mut got = read(&mut subscription, 100).await;
+        // Live messages published mid-replay wait in the queue, after it.
+        for _ in 0..3 {
+            publish(&state, "big", "live").await;
+        }
+        assert!(state.metrics.replay_held_now() <= 4);
+        got.extend(read(&mut subscription, 203).await);
+        let expected: Vec<(usize, u64)> = (1..=303).map(|seq| (0, seq)).collect();
+        assert_eq!(got, expected);
+        assert_eq!(subscription.held_peak(), 4);
+        assert_eq!(state.metrics.replay_held_now(), 0);
+        drop(subscription);
+        assert_eq!(state.metrics.replay_held_now(), 0);
+    }
+
+    #[tokio::test]
+    async fn several_topics_are_replayed_one_page_at_a_time() {
+        let state = state_with(4, Vec::new()).await;
+        let mut epoch = Epoch(0);
+        for topic in ["a", "b", "c"] {
+            for _ in 0..50 {
+                epoch = publish(&state, topic, "m").await.epoch;
+            }
+        }
+        let start = MessageId { epoch, seq: 0 };
+        let mut subscription = Subscription::open(&state, Transport::Grpc, None).unwrap();
+        for topic in ["a", "b", "c"] {
+            subscription.add(topic, Some(start)).await.unwrap();
+            assert!(subscription.held_peak() <= 4);
+        }
+        let got = read(&mut subscription, 150).await;
+        for index in 0..3 {
+            let seqs: Vec<u64> = got
+                .iter()
+                .filter(|(i, _)| *i == index)
+                .map(|(_, seq)| *seq)
+                .collect();
+            assert_eq!(seqs, (1..=50).collect::<Vec<_>>(), "topic {index}");
+        }
+    }
+
+    #[tokio::test]
+    async fn history_trimmed_during_a_replay_is_a_reset_and_nothing_repeats() {
+        let mut settings = TopicSettings::defaults("t");
+        settings.history_size = 20;
+        // Pages of 16 (1 MiB of 64 KiB messages), a queue of 64.
+        let state = state_with(64, vec![settings]).await;
+        let mut epoch = Epoch(0);
+        for _ in 0..20 {
+            epoch = publish(&state, "t", "m").await.epoch;
+        }
+        let mut subscription = Subscription::open(&state, Transport::WebSocket, None).unwrap();
+        subscription
+            .add("t", Some(MessageId { epoch, seq: 0 }))
+            .await
+            .unwrap();
+        // 1..=16 are held; 17..=20 are trimmed before their page is read.
+        for _ in 0..30 {
+            publish(&state, "t", "m").await;
+        }
+        let mut seqs = Vec::new();
+        let mut resets = Vec::new();
+        while seqs.last() != Some(&50) {
+            match subscription.next_event().await.expect("an event") {
+                Event::Message { message, .. } => seqs.push(message.id.seq),
+                Event::Reset {
+                    reason, position, ..
+                } => resets.push((reason, position.seq, seqs.len())),
+                Event::Live { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let expected: Vec<u64> = (1..=16).chain(31..=50).collect();
+        assert_eq!(seqs, expected);
+        assert_eq!(resets, [(ResetReason::HistoryGap, 30, 16)]);
+        assert!(subscription.held_peak() <= 16);
     }
 
     async fn publish(state: &AppState, topic: &str, data: &'static str) -> MessageId {

@@ -293,6 +293,79 @@ async fn last_event_id_resumes_two_topics_with_exactly_the_missed_messages() {
 }
 
 #[tokio::test]
+async fn a_long_resume_is_replayed_in_order_a_page_at_a_time_on_every_transport() {
+    // A queue of 4: the replay goes 4 messages at a time.
+    let server = start(
+        Settings {
+            queue_capacity: 4,
+            ..Settings::default()
+        },
+        Vec::new(),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(publish(&server, "long", &format!("m{i}"), None).await);
+    }
+    let held = || server.state.metrics.replay_held_now();
+    let expected: Vec<(String, String)> = ids
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, id)| (id.clone(), format!("m{i}")))
+        .collect();
+
+    let mut events = sse(&server, "topic=long", Some(&ids[0])).await;
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let event = next_sse(&mut events).await;
+        assert_eq!(event.event, "message", "{event:?}");
+        got.push((event.id, event.data));
+        assert!(held() <= 4, "{} held", held());
+    }
+    assert_eq!(got, expected);
+    drop(events);
+
+    let mut ws = ws_subscribe(&server, "long", Some(&ids[0])).await;
+    let mut got = Vec::new();
+    loop {
+        let frame = next_ws(&mut ws).await;
+        match frame["type"].as_str() {
+            Some("message") => got.push((
+                frame["id"].as_str().unwrap().to_owned(),
+                frame["data"].as_str().unwrap().to_owned(),
+            )),
+            Some("subscribed") => break,
+            _ => panic!("unexpected {frame}"),
+        }
+        assert!(held() <= 4, "{} held", held());
+    }
+    assert_eq!(got, expected);
+    drop(ws);
+
+    let mut grpc = grpc_subscribe(&server, &[("long", ids[0].as_str())]).await;
+    let mut got = Vec::new();
+    loop {
+        match next_grpc(&mut grpc).await.unwrap() {
+            subscribe_event::Event::Message(message) => got.push((
+                message.id,
+                String::from_utf8(message.data.to_vec()).unwrap(),
+            )),
+            subscribe_event::Event::Subscribed(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(held() <= 4, "{} held", held());
+    }
+    assert_eq!(got, expected);
+    // Live delivery follows the replay.
+    let live = publish(&server, "long", "live", None).await;
+    match next_grpc(&mut grpc).await.unwrap() {
+        subscribe_event::Event::Message(message) => assert_eq!(message.id, live),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_resume_past_history_gets_the_reset_signal_on_every_transport() {
     let server = start(
         Settings::default(),

@@ -822,10 +822,13 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
                 arg.strip_prefix("--drain-grace=")
                     .or_else(|| arg.strip_prefix("--drain-timeout="))
             });
-            match drain.and_then(duration_secs) {
+            // The push server refuses a duration without a unit.
+            let with_unit =
+                drain.filter(|d| d.trim_end().ends_with(|c: char| c.is_ascii_alphabetic()));
+            match with_unit.and_then(duration_secs) {
                 Some(drain) if drain < grace => {}
                 _ => problems.push(format!(
-                    "{}: the push server's --drain-grace ({drain:?}) must be set and shorter than terminationGracePeriodSeconds {grace}",
+                    "{}: the push server's --drain-grace ({drain:?}) must be set, with a unit, and shorter than terminationGracePeriodSeconds {grace}",
                     w.file
                 )),
             }

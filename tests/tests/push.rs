@@ -455,3 +455,74 @@ async fn a_subscriber_that_stops_reading_is_cut_and_server_memory_stays_bounded(
         }
     }
 }
+
+#[tokio::test]
+async fn a_resume_over_a_long_redis_history_is_replayed_in_order_page_by_page() {
+    let dir = run_dir("push-redis-pages").expect("run dir");
+    let redis = Redis::start(&dir).await.expect("redis starts");
+    let broker = redis.url();
+    // A queue of 8: replay pages of 8 messages (300 messages, ~38 pages).
+    let args = ["--broker", broker.as_str(), "--queue-capacity", "8"];
+    let a = PushServer::start("push-pages-a", &dir, &args)
+        .await
+        .expect("A starts");
+    let b = PushServer::start("push-pages-b", &dir, &args)
+        .await
+        .expect("B starts");
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        ids.push(a.publish("long", &format!("m{i}")).await.expect("publish"));
+    }
+    let mut resumed = sse(&b.url(), "topic=long", Some(&ids[0])).await;
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        let event = next_sse(&mut resumed).await;
+        assert_eq!(event.event, "message", "{event:?}");
+        assert_eq!((&event.id, event.data), (id, format!("m{i}")));
+    }
+    // Live delivery follows the replay, nothing repeated.
+    let live = a.publish("long", "live").await.expect("publish");
+    let event = next_sse(&mut resumed).await;
+    assert_eq!((event.id, event.data), (live, "live".to_owned()));
+    let held = metric(&b.url(), "sidestream_push_replay_held_messages ").await;
+    assert_eq!(held, Some(0.0));
+}
+
+#[tokio::test]
+async fn a_duration_flag_without_a_unit_exits_64_naming_the_flag() {
+    let dir = run_dir("push-flags").expect("run dir");
+    // (arguments, environment variable, flag named, value) of each case.
+    type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: [Case; 4] = [
+        (&["--heartbeat", "5"], None, "--heartbeat", "5"),
+        (&["--drain-grace", "30"], None, "--drain-grace", "30"),
+        (
+            &["--request-head-timeout=2.5"],
+            None,
+            "--request-head-timeout",
+            "2.5",
+        ),
+        (
+            &[],
+            Some(("SIDESTREAM_PUSH_IDEMPOTENCY_WINDOW", "600")),
+            "--idempotency-window",
+            "600",
+        ),
+    ];
+    for (args, env, flag, value) in cases {
+        let mut command = std::process::Command::new(
+            sidestream_tests::binary("sidestream-push").expect("binary"),
+        );
+        command
+            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+            .args(args);
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let mut proc = sidestream_tests::Proc::spawn("push-flags", &dir, command).expect("spawn");
+        let status = proc.wait_exit(WAIT).expect("exits");
+        let log = proc.log();
+        assert_eq!(status.code(), Some(64), "{args:?}: {log}");
+        let hint = format!("'{value}' needs a unit: {value}ms, {value}s, {value}m");
+        assert!(log.contains(flag) && log.contains(&hint), "{args:?}: {log}");
+    }
+}

@@ -131,6 +131,7 @@ impl MemoryBroker {
         topic: &Arc<str>,
         settings: &TopicSettings,
         from: Option<MessageId>,
+        limit: usize,
     ) -> Result<Resume, BrokerError> {
         let log = self.log(topic, false)?;
         let Some(log) = log else {
@@ -142,6 +143,7 @@ impl MemoryBroker {
                     epoch: self.epoch,
                     seq: after,
                 },
+                head: 0,
             });
         };
         let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,8 +155,7 @@ impl MemoryBroker {
             .map(|(a, b)| (a.id.seq, b.id.seq));
         let (after, reset) = plan_resume(from, self.epoch, 0, log.seq, held);
         let messages = if from.is_some() {
-            let start = log.history.partition_point(|m| m.id.seq <= after);
-            log.history.range(start..).cloned().collect()
+            log.after(after, limit)
         } else {
             Vec::new()
         };
@@ -165,11 +166,37 @@ impl MemoryBroker {
                 epoch: self.epoch,
                 seq: after,
             },
+            head: log.seq,
         })
+    }
+
+    fn history_now(
+        &self,
+        topic: &Arc<str>,
+        settings: &TopicSettings,
+        epoch: Epoch,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Message>>, BrokerError> {
+        if epoch != self.epoch {
+            return Ok(Vec::new());
+        }
+        let Some(log) = self.log(topic, false)? else {
+            return Ok(Vec::new());
+        };
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        log.trim(settings, unix_nanos());
+        Ok(log.after(after, limit))
     }
 }
 
 impl TopicLog {
+    /// At most `limit` held messages after sequence `after`.
+    fn after(&self, after: u64, limit: usize) -> Vec<Arc<Message>> {
+        let start = self.history.partition_point(|m| m.id.seq <= after);
+        self.history.range(start..).take(limit).cloned().collect()
+    }
+
     fn trim(&mut self, settings: &TopicSettings, now_unix_nanos: u64) {
         while self.history.len() > settings.history_size {
             self.history.pop_front();
@@ -213,8 +240,21 @@ impl Broker for MemoryBroker {
         topic: &'a Arc<str>,
         settings: &'a TopicSettings,
         from: Option<MessageId>,
+        limit: usize,
     ) -> BrokerFuture<'a, Resume> {
-        let result = self.resume_now(topic, settings, from);
+        let result = self.resume_now(topic, settings, from, limit);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn history<'a>(
+        &'a self,
+        topic: &'a Arc<str>,
+        settings: &'a TopicSettings,
+        epoch: Epoch,
+        after: u64,
+        limit: usize,
+    ) -> BrokerFuture<'a, Vec<Arc<Message>>> {
+        let result = self.history_now(topic, settings, epoch, after, limit);
         Box::pin(std::future::ready(result))
     }
 
@@ -271,7 +311,7 @@ mod tests {
             );
         }
         let resume = broker
-            .resume(&topic, &settings, Some(ids[2]))
+            .resume(&topic, &settings, Some(ids[2]), 10)
             .await
             .unwrap();
         assert_eq!(resume.reset, None);
@@ -280,7 +320,7 @@ mod tests {
             ids[3..]
         );
         let gap = broker
-            .resume(&topic, &settings, Some(ids[0]))
+            .resume(&topic, &settings, Some(ids[0]), 10)
             .await
             .unwrap();
         assert_eq!(gap.reset, Some(ResetReason::HistoryGap));
@@ -289,9 +329,57 @@ mod tests {
             epoch: Epoch(broker.epoch().0 + 1),
             seq: 4,
         };
-        let reset = broker.resume(&topic, &settings, Some(other)).await.unwrap();
+        let reset = broker
+            .resume(&topic, &settings, Some(other), 10)
+            .await
+            .unwrap();
         assert_eq!(reset.reset, Some(ResetReason::EpochChanged));
         assert_eq!(reset.messages.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn resumes_and_history_come_in_pages() {
+        let broker = MemoryBroker::new(
+            Arc::new(Hub::new(Arc::new(Metrics::new()))),
+            Duration::from_secs(60),
+            10,
+        );
+        let topic: Arc<str> = Arc::from("t");
+        let settings = TopicSettings::defaults("t");
+        for _ in 0..10 {
+            broker
+                .publish(&topic, &settings, draft("x", None))
+                .await
+                .unwrap();
+        }
+        let start = MessageId {
+            epoch: broker.epoch(),
+            seq: 2,
+        };
+        let resume = broker
+            .resume(&topic, &settings, Some(start), 3)
+            .await
+            .unwrap();
+        let seqs = |page: &[Arc<Message>]| page.iter().map(|m| m.id.seq).collect::<Vec<_>>();
+        assert_eq!(
+            (seqs(&resume.messages), resume.position, resume.head),
+            (vec![3, 4, 5], start, 10)
+        );
+        let page = broker
+            .history(&topic, &settings, broker.epoch(), 5, 3)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&page), [6, 7, 8]);
+        let last = broker
+            .history(&topic, &settings, broker.epoch(), 8, 3)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&last), [9, 10]);
+        let other_epoch = broker
+            .history(&topic, &settings, Epoch(broker.epoch().0 + 1), 0, 3)
+            .await
+            .unwrap();
+        assert!(other_epoch.is_empty());
     }
 
     #[tokio::test]
@@ -328,6 +416,7 @@ mod tests {
                     epoch: first.id.epoch,
                     seq: 0,
                 }),
+                10,
             )
             .await
             .unwrap();

@@ -170,41 +170,22 @@ impl RedisBroker {
         })
     }
 
-    async fn resume_now(
+    /// The topic's epoch, last sequence and epoch start (`Epoch(0)`, 0, 0
+    /// before its first message).
+    async fn meta(
         &self,
+        conn: &mut ConnectionManager,
         topic: &Arc<str>,
-        settings: &TopicSettings,
-        from: Option<MessageId>,
-    ) -> Result<Resume, BrokerError> {
-        let mut conn = self.commands.clone();
-        // Only what the resume needs: the newest `historySize` entries after
-        // `from` (or after the start, for a position from another epoch).
-        let lower = match from {
-            Some(from) if from.epoch != Epoch(0) => format!("({}-0", from.seq),
-            _ => "-".to_owned(),
-        };
-        let count = if from.is_some() {
-            settings.history_size
-        } else {
-            0
-        };
+    ) -> Result<(Epoch, u64, u64), BrokerError> {
         type Meta = (Option<String>, Option<u64>, Option<u64>);
-        let (meta, mut range): (Meta, StreamRangeReply) = redis::pipe()
-            .atomic()
-            .cmd("HMGET")
+        let meta: Meta = redis::cmd("HMGET")
             .arg(self.meta_key(topic))
             .arg("epoch")
             .arg("seq")
             .arg("base")
-            .cmd("XREVRANGE")
-            .arg(self.log_key(topic))
-            .arg("+")
-            .arg(&lower)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await?;
-        let (epoch, head, base) = match meta {
+        Ok(match meta {
             (Some(epoch), Some(seq), base) => (
                 epoch
                     .parse::<Epoch>()
@@ -214,44 +195,120 @@ impl RedisBroker {
             ),
             // No message yet: positions are "before any epoch".
             _ => (Epoch(0), 0, 0),
-        };
-        if from.is_some_and(|f| f.epoch != Epoch(0) && f.epoch != epoch) && lower != "-" {
-            // Another epoch: everything held is replayed.
-            range = redis::cmd("XREVRANGE")
-                .arg(self.log_key(topic))
+        })
+    }
+
+    /// At most `limit` (≥ 1) entries of `epoch` after sequence `after`,
+    /// oldest first, fetched `limit` at a time. With `oldest`, leading entries
+    /// published before it (aged out of history) are skipped.
+    async fn page(
+        &self,
+        conn: &mut ConnectionManager,
+        topic: &Arc<str>,
+        epoch: Epoch,
+        mut after: u64,
+        limit: usize,
+        oldest: Option<u64>,
+    ) -> Result<Vec<Arc<Message>>, BrokerError> {
+        let key = self.log_key(topic);
+        let limit = limit.max(1);
+        let mut skipping = oldest;
+        loop {
+            let range: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(format!("({after}-0"))
                 .arg("+")
-                .arg("-")
                 .arg("COUNT")
-                .arg(count)
-                .query_async(&mut conn)
+                .arg(limit)
+                .query_async(conn)
                 .await?;
-        }
-        let oldest = oldest_kept(settings, unix_nanos());
-        let mut held: Vec<Arc<Message>> = Vec::with_capacity(range.ids.len());
-        for entry in range.ids.iter().rev() {
-            let message = entry_to_message(topic, entry)?;
-            if message.id.epoch == epoch
-                && message.published_unix_nanos >= oldest
-                && message.id.seq + settings.history_size as u64 > head
-            {
-                held.push(Arc::new(message));
+            let before = after;
+            let mut messages = Vec::with_capacity(range.ids.len());
+            for entry in &range.ids {
+                if let Some(seq) = entry_seq(entry) {
+                    after = after.max(seq);
+                }
+                let message = match entry_to_message(topic, entry) {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(%error, topic = %topic, "Skipping an unreadable stream entry");
+                        continue;
+                    }
+                };
+                if message.id.epoch != epoch {
+                    continue;
+                }
+                if let Some(oldest) = skipping {
+                    if message.published_unix_nanos < oldest {
+                        continue;
+                    }
+                    skipping = None;
+                }
+                messages.push(Arc::new(message));
+            }
+            if !messages.is_empty() || range.ids.len() < limit || after == before {
+                return Ok(messages);
             }
         }
-        let held_range = held
-            .first()
-            .zip(held.last())
-            .map(|(a, b)| (a.id.seq, b.id.seq));
-        let (after, reset) = plan_resume(from, epoch, base, head, held_range);
-        let messages = if from.is_some() {
-            held.into_iter().filter(|m| m.id.seq > after).collect()
-        } else {
-            Vec::new()
+    }
+
+    async fn resume_now(
+        &self,
+        topic: &Arc<str>,
+        settings: &TopicSettings,
+        from: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Resume, BrokerError> {
+        let mut conn = self.commands.clone();
+        let (epoch, head, base) = self.meta(&mut conn, topic).await?;
+        if from.is_none() {
+            return Ok(Resume {
+                messages: Vec::new(),
+                reset: None,
+                position: MessageId { epoch, seq: head },
+                head,
+            });
+        }
+        // History is the newest `historySize` sequences (the stream may hold
+        // a few more: `MAXLEN ~`) not older than the age limit. Only its first
+        // page after the client's position is read (at least one entry: where
+        // history starts decides the reset); the rest comes page by page.
+        let first_kept = head.saturating_sub(settings.history_size as u64);
+        let lower = match from {
+            Some(from) if from.epoch == epoch && epoch != Epoch(0) => from.seq.max(first_kept),
+            _ => first_kept,
         };
+        let oldest = oldest_kept(settings, unix_nanos());
+        let page = self
+            .page(&mut conn, topic, epoch, lower, limit, Some(oldest))
+            .await?;
+        let held = page
+            .first()
+            .zip(page.last())
+            .map(|(a, b)| (a.id.seq, b.id.seq.max(head)));
+        let (after, reset) = plan_resume(from, epoch, base, head, held);
+        let messages = page
+            .into_iter()
+            .filter(|m| m.id.seq > after)
+            .take(limit)
+            .collect();
         Ok(Resume {
             messages,
             reset,
             position: MessageId { epoch, seq: after },
+            head,
         })
+    }
+
+    async fn history_now(
+        &self,
+        topic: &Arc<str>,
+        epoch: Epoch,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Message>>, BrokerError> {
+        let mut conn = self.commands.clone();
+        self.page(&mut conn, topic, epoch, after, limit, None).await
     }
 
     async fn watch_now(&self, topic: &Arc<str>) -> Result<(), BrokerError> {
@@ -316,8 +373,20 @@ impl Broker for RedisBroker {
         topic: &'a Arc<str>,
         settings: &'a TopicSettings,
         from: Option<MessageId>,
+        limit: usize,
     ) -> BrokerFuture<'a, Resume> {
-        Box::pin(self.resume_now(topic, settings, from))
+        Box::pin(self.resume_now(topic, settings, from, limit))
+    }
+
+    fn history<'a>(
+        &'a self,
+        topic: &'a Arc<str>,
+        _settings: &'a TopicSettings,
+        epoch: Epoch,
+        after: u64,
+        limit: usize,
+    ) -> BrokerFuture<'a, Vec<Arc<Message>>> {
+        Box::pin(self.history_now(topic, epoch, after, limit))
     }
 
     fn watch<'a>(&'a self, topic: &'a Arc<str>) -> BrokerFuture<'a, ()> {
@@ -361,11 +430,16 @@ fn text_field(entry: &StreamId, name: &str) -> Result<String, BrokerError> {
     })
 }
 
-fn entry_to_message(topic: &Arc<str>, entry: &StreamId) -> Result<Message, BrokerError> {
-    let seq = entry
+/// The sequence of an entry (its id is `<seq>-0`).
+fn entry_seq(entry: &StreamId) -> Option<u64> {
+    entry
         .id
         .split_once('-')
         .and_then(|(seq, _)| seq.parse::<u64>().ok())
+}
+
+fn entry_to_message(topic: &Arc<str>, entry: &StreamId) -> Result<Message, BrokerError> {
+    let seq = entry_seq(entry)
         .ok_or_else(|| BrokerError::Protocol(format!("stream entry id '{}'", entry.id)))?;
     let epoch = text_field(entry, "x")?
         .parse::<Epoch>()
