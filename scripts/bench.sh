@@ -24,9 +24,10 @@
 #   FILTER_VARIANTS ["none empty-wasm sidestream lua"]
 #   PROPAGATION_UPDATES [250]
 #   PUSH_SERVERS ["sidestream nchan pushpin"]
+#   PUSH_PARTS ["memory latency saturation"]  which push measurements to run
 #   PUSH_IDLE [18000]           idle SSE connections held
 #   PUSH_SUBSCRIBERS [10000]    fan-out subscribers
-#   PUSH_STEPS ["1:10,2:10,5:10,10:10,20:10,30:10"]  saturation ladder (publish/s:seconds)
+#   PUSH_STEPS ["1:10,2:10,5:10,10:10,20:10,40:10,80:10,160:10,240:10"]  saturation ladder (publish/s:seconds)
 #   PUSH_SWEEP ["1000 2500 5000 10000"]  subscriber counts of the latency sweep
 #   PUSH_SWEEP_RATE [2]         publish/s in the latency sweep (2 × 10,000 = 20,000 deliveries/s)
 #   PUSH_CLIENT_THREADS [2]     load-client runtime threads
@@ -92,9 +93,10 @@ FILTER_RATE=${FILTER_RATE:-3000}
 FILTER_VARIANTS=${FILTER_VARIANTS:-none empty-wasm sidestream lua}
 PROPAGATION_UPDATES=${PROPAGATION_UPDATES:-250}
 PUSH_SERVERS=${PUSH_SERVERS:-sidestream nchan pushpin}
+PUSH_PARTS=${PUSH_PARTS:-memory latency saturation}
 PUSH_IDLE=${PUSH_IDLE:-18000}
 PUSH_SUBSCRIBERS=${PUSH_SUBSCRIBERS:-10000}
-PUSH_STEPS=${PUSH_STEPS:-1:10,2:10,5:10,10:10,20:10,30:10}
+PUSH_STEPS=${PUSH_STEPS:-1:10,2:10,5:10,10:10,20:10,40:10,80:10,160:10,240:10}
 PUSH_SWEEP=${PUSH_SWEEP:-1000 2500 5000 10000}
 PUSH_SWEEP_RATE=${PUSH_SWEEP_RATE:-2}
 PUSH_SWEEP_SECONDS=${PUSH_SWEEP_SECONDS:-15}
@@ -205,8 +207,11 @@ prepare() {
   command -v envoy >/dev/null || die "envoy is not on PATH (scripts/install-deps.sh bench)"
 }
 
+# conditions [part] : (re)writes the machine description in conditions.json;
+# with a part, also notes when that part ran and the load average then, so a
+# report built from parts run at different times says when each was measured.
 conditions() {
-  python3 - "$RESULTS/conditions.json" "$smoke" <<'EOF'
+  python3 - "$RESULTS/conditions.json" "$smoke" "${1:-}" <<'EOF'
 import json, os, platform, subprocess, sys, datetime
 def run(*cmd):
     try:
@@ -217,7 +222,7 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
 c = {
     "mode": "SMOKE (harness check, not a measurement)" if sys.argv[2] == "1" else "full",
-    "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+    "last written (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     "machine": f"{os.cpu_count()} cores ({cpu}), {int(mem)//1024} MiB RAM, kernel {platform.release()}",
     "Envoy": run("envoy", "--version").split("version:")[-1].strip(),
     "nginx / Nchan": run("dpkg-query", "-W", "-f=${Version}", "nginx-light") + " / " + run("dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"),
@@ -225,10 +230,21 @@ c = {
     "etcd": run("etcd", "--version").splitlines()[0] if run("etcd", "--version") else "?",
     "wrk": run("dpkg-query", "-W", "-f=${Version}", "wrk"),
     "rustc": run("rustc", "--version"),
-    "sidestream commit": run("git", "rev-parse", "--short", "HEAD"),
+    "sidestream commit": run("git", "describe", "--always", "--dirty", "--abbrev=7"),
     "open files per process": run("bash", "-c", "ulimit -Hn"),
-    "load average at start (1/5/15 min)": " ".join(open("/proc/loadavg").read().split()[:3]),
 }
+# Keep what earlier invocations noted about their parts.
+try:
+    old = dict(json.load(open(sys.argv[1])))
+except Exception:
+    old = {}
+for k, v in old.items():
+    if k.endswith(" measured at (UTC; load average 1/5/15 min)"):
+        c.setdefault(k, v)
+if sys.argv[3]:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    load = " ".join(open("/proc/loadavg").read().split()[:3])
+    c[f"{sys.argv[3]} measured at (UTC; load average 1/5/15 min)"] = f"{now}; {load}"
 json.dump(list(c.items()), open(sys.argv[1], "w"), indent=2)
 EOF
 }
@@ -369,8 +385,8 @@ bench_propagation() {
 }
 
 # -------------------------------------------------------------------- push
-# start_push_server <server> : starts it, sets SUB_URL_BASE, PUBLISH_KIND,
-# PUBLISH_URL_FOR (a function of the topic) and SERVER_PID.
+# start_push_server <server> : starts it and sets SERVER_PID (the server's
+# root process ids, space separated; their descendants count too).
 start_push_server() {
   local s=$1
   case "$s" in
@@ -398,11 +414,15 @@ start_push_server() {
         PUBLISH_PORT=$P_PUSHPIN_PUBLISH PUSH_IN_PORT=$P_PUSHPIN_PUSH_IN PUSH_IN_SUB_PORT=$P_PUSHPIN_PUSH_IN_SUB \
         COMMAND_PORT=$P_PUSHPIN_COMMAND MESSAGE_RATE=$PUSHPIN_MESSAGE_RATE MESSAGE_HWM=$PUSHPIN_MESSAGE_HWM
       echo "* 127.0.0.1:$P_GRIP_ORIGIN" >"$dir/routes"
+      fill bench/pushpin/zurl.conf "$dir/zurl.conf" "RUN_DIR=$dir"
       start grip-origin "$BENCH" --threads 1 upstream --mode grip --listen "127.0.0.1:$P_GRIP_ORIGIN"
+      start pushpin-zurl zurl "--config=$dir/zurl.conf"
       start push-pushpin pushpin --config "$dir/pushpin.conf" --merge-output
       wait_answer push-pushpin "http://127.0.0.1:$P_PUSHPIN_PUBLISH/publish/"
       wait_answer push-pushpin "http://127.0.0.1:$P_PUSHPIN/"
-      SERVER_PID=${PIDS[push-pushpin]} ;;
+      alive pushpin-zurl
+      # Pushpin's processes (runner, condure, proxy, handler) and its zurl.
+      SERVER_PID="${PIDS[push-pushpin]} ${PIDS[pushpin-zurl]}" ;;
     *) die "unknown push server $s" ;;
   esac
 }
@@ -411,7 +431,7 @@ stop_push_server() {
   case "$1" in
     sidestream) stop push-sidestream ;;
     nchan) stop push-nchan ;;
-    pushpin) stop push-pushpin grip-origin ;;
+    pushpin) stop push-pushpin pushpin-zurl grip-origin ;;
   esac
 }
 
@@ -441,29 +461,42 @@ fanout() { # server label subscribers steps sources
 
 bench_push() {
   local s
+  local parts=" $PUSH_PARTS "
   for s in $PUSH_SERVERS; do
-    rm -f "$RESULTS/memory-$s.json" "$RESULTS"/fanout-"$s"-* "$RESULTS/$s-out-of-sequence.txt"
-    log "push: $s: idle connections ($PUSH_IDLE) and memory"
-    start_push_server "$s"
-    "$BENCH" memory --url "$(sub_url "$s" "idle")" --server-pid "$SERVER_PID" \
-      --connections "$PUSH_IDLE" --processes 2 --sources 127.0.0.2-127.0.0.9 \
-      --work-dir "$RUN/tmp" --label "$s" --out "$RESULTS/memory-$s.json" >/dev/null
-    log "push: $s: $(summary memory "$RESULTS/memory-$s.json")"
-    stop_push_server "$s"
-    sleep 2
+    if [[ "$parts" == *" memory "* ]]; then
+      rm -f "$RESULTS/memory-$s.json"
+      log "push: $s: idle connections ($PUSH_IDLE) and memory"
+      start_push_server "$s"
+      local pid pid_args=()
+      for pid in $SERVER_PID; do pid_args+=(--server-pid "$pid"); done
+      "$BENCH" memory --url "$(sub_url "$s" "idle")" "${pid_args[@]}" \
+        --connections "$PUSH_IDLE" --processes 2 --sources 127.0.0.2-127.0.0.9 \
+        --work-dir "$RUN/tmp" --label "$s" --out "$RESULTS/memory-$s.json" >/dev/null
+      log "push: $s: $(summary memory "$RESULTS/memory-$s.json")"
+      stop_push_server "$s"
+      sleep 2
+    fi
+    [[ "$parts" == *" latency "* || "$parts" == *" saturation "* ]] || continue
 
     start_push_server "$s"
-    local n k=0
-    for n in $PUSH_SWEEP; do
+    local n k=0 sweep=""
+    if [[ "$parts" == *" latency "* ]]; then
+      sweep=$PUSH_SWEEP
+      rm -f "$RESULTS"/fanout-"$s"-subs-*
+    fi
+    for n in $sweep; do
       k=$((k + 1))
       log "push: $s: fan-out latency, $n subscribers at $PUSH_SWEEP_RATE msgs/s"
       fanout "$s" "$s-subs-$n" "$n" "$PUSH_SWEEP_RATE:$PUSH_SWEEP_SECONDS" "127.0.0.$((10 + k * 4))-127.0.0.$((13 + k * 4))"
       alive "push-$s"
       sleep 2
     done
-    log "push: $s: fan-out saturation, $PUSH_SUBSCRIBERS subscribers, steps $PUSH_STEPS"
-    fanout "$s" "$s-saturation" "$PUSH_SUBSCRIBERS" "$PUSH_STEPS" 127.0.0.40-127.0.0.47
-    alive "push-$s"
+    if [[ "$parts" == *" saturation "* ]]; then
+      rm -f "$RESULTS/fanout-$s-saturation.json"
+      log "push: $s: fan-out saturation, $PUSH_SUBSCRIBERS subscribers, steps $PUSH_STEPS"
+      fanout "$s" "$s-saturation" "$PUSH_SUBSCRIBERS" "$PUSH_STEPS" 127.0.0.40-127.0.0.47
+      alive "push-$s"
+    fi
     if [ "$s" = pushpin ]; then
       # Debian's Pushpin 1.36 cancels streams it sees packets out of sequence on.
       cat "$RUN/push-pushpin.log" "$RUN"/pushpin/log/*.log 2>/dev/null | grep -c 'out of sequence' \
@@ -481,12 +514,11 @@ report() {
 }
 
 prepare
-conditions
 for w in "${what[@]}"; do
   case "$w" in
-    filter) bench_filter ;;
-    propagation) bench_propagation ;;
-    push) bench_push ;;
+    filter) conditions filter; bench_filter ;;
+    propagation) conditions propagation; bench_propagation ;;
+    push) conditions push; bench_push ;;
     report) report ;;
   esac
 done

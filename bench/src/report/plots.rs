@@ -64,11 +64,24 @@ pub fn draw_all(r: &Results, dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(written)
 }
 
-/// Horizontal-label bar chart: one bar per (label, value).
-fn bars(path: &Path, title: &str, y_desc: &str, bars: &[(String, f64)]) -> DrawResult {
+/// Horizontal-label bar chart: one bar per (label, value), optionally with a
+/// labelled horizontal target line.
+fn bars(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    bars: &[(String, f64)],
+    target: Option<(String, f64)>,
+) -> DrawResult {
     let root = SVGBackend::new(path, (800, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let max = bars
+        .iter()
+        .map(|b| b.1)
+        .chain(target.iter().map(|t| t.1))
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.15;
     let n = bars.len();
     let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
@@ -76,7 +89,8 @@ fn bars(path: &Path, title: &str, y_desc: &str, bars: &[(String, f64)]) -> DrawR
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..max)
+        // Segments 0..=n-1: one per bar, no empty slot at the end.
+        .build_cartesian_2d((0..n.saturating_sub(1)).into_segmented(), 0.0..max)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -108,8 +122,41 @@ fn bars(path: &Path, title: &str, y_desc: &str, bars: &[(String, f64)]) -> DrawR
             )))
             .map_err(err)?;
     }
+    if let Some((label, v)) = target {
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(SegmentValue::Exact(0), v), (SegmentValue::Last, v)],
+                8,
+                5,
+                BLACK.stroke_width(2),
+            ))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                label,
+                (SegmentValue::Exact(0), v + max * 0.06),
+                ("sans-serif", 14),
+            )))
+            .map_err(err)?;
+    }
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// Axis labels like 50k, 1.2M.
+fn format_rate(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", trim(v / 1e6))
+    } else if v >= 1e3 {
+        format!("{}k", trim(v / 1e3))
+    } else {
+        trim(v)
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.1}");
+    s.strip_suffix(".0").map(str::to_owned).unwrap_or(s)
 }
 
 fn format_value(v: f64) -> String {
@@ -127,11 +174,17 @@ fn filter_throughput(r: &Results, path: &Path) -> DrawResult {
         .iter()
         .filter_map(|(k, label)| r.throughput.get(*k).map(|t| (label.to_string(), t.rps)))
         .collect();
+    let target = r
+        .throughput
+        .get("none")
+        .filter(|t| t.rps > 0.0)
+        .map(|t| ("target: 93% of no filter".to_owned(), 0.93 * t.rps));
     bars(
         path,
         "Envoy (1 worker) throughput at saturation",
         "requests/s",
         &data,
+        target,
     )
 }
 
@@ -172,7 +225,7 @@ fn filter_latency(r: &Results, path: &Path) -> DrawResult {
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .y_desc("ms")
+        .y_desc("latency (ms)")
         .x_labels(n * 2 + 1)
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
@@ -269,8 +322,9 @@ fn push_memory(r: &Results, path: &Path) -> DrawResult {
     bars(
         path,
         &format!("Server RSS per idle SSE connection ({conns:.0} connections)"),
-        "KiB per connection",
+        "KiB of server RSS per connection",
         &data,
+        Some(("target for sidestream-push: 8 KiB".to_owned(), 8.0)),
     )
 }
 
@@ -297,12 +351,15 @@ fn push_throughput(r: &Results, path: &Path) -> DrawResult {
             })
         })
         .collect();
-    let max = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().flat_map(|(a, b)| [*a, *b]))
-        .fold(0.0, f64::max)
-        .max(1.0)
-        * 1.1;
+    // Log-log: the ladder spans two to three orders of magnitude.
+    let positive = || {
+        series
+            .iter()
+            .flat_map(|(_, p)| p.iter().flat_map(|(a, b)| [*a, *b]))
+            .filter(|v| *v > 0.0)
+    };
+    let max = positive().fold(1.0, f64::max) * 1.5;
+    let min = positive().fold(max, f64::min) / 1.5;
     let subs = r
         .saturation
         .values()
@@ -313,28 +370,39 @@ fn push_throughput(r: &Results, path: &Path) -> DrawResult {
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("Fan-out to {subs:.0} SSE subscribers: delivered vs offered"),
-            ("sans-serif", 22),
+            format!("Fan-out to {subs:.0} SSE subscribers: delivered vs offered (log-log)"),
+            ("sans-serif", 20),
         )
         .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0.0..max, 0.0..max)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((min..max).log_scale(), (min..max).log_scale())
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("offered deliveries/s (publish rate × subscribers)")
-        .y_desc("delivered msgs/s")
+        .y_desc("delivered messages/s")
+        .x_label_formatter(&|v| format_rate(*v))
+        .y_label_formatter(&|v| format_rate(*v))
         .draw()
         .map_err(err)?;
     chart
-        .draw_series(LineSeries::new(
-            [(0.0, 0.0), (max, max)],
-            BLACK.mix(0.3).stroke_width(1),
+        .draw_series(DashedLineSeries::new(
+            [(min, min), (max, max)],
+            6,
+            4,
+            BLACK.mix(0.4).stroke_width(1),
         ))
-        .map_err(err)?;
+        .map_err(err)?
+        .label("delivered = offered")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
     for (i, (label, pts)) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> = pts
+            .iter()
+            .copied()
+            .filter(|(a, b)| *a > 0.0 && *b > 0.0)
+            .collect();
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
             .map_err(err)?
@@ -417,9 +485,21 @@ fn push_latency(r: &Results, path: &Path) -> DrawResult {
     chart
         .configure_mesh()
         .x_desc("SSE subscribers on one topic")
-        .y_desc("ms")
+        .y_desc("publish-to-receive latency (ms)")
         .draw()
         .map_err(err)?;
+    if max_y > 50.0 {
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, 50.0), (max_x, 50.0)],
+                8,
+                5,
+                BLACK.stroke_width(1),
+            ))
+            .map_err(err)?
+            .label("p99 target: 50 ms")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
+    }
     for (label, pts, c, dashed) in &series {
         let c = *c;
         let style = if *dashed {
