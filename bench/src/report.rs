@@ -115,8 +115,8 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
                 ),
         ),
     ];
-    for (placeholder, text) in sections {
-        md = md.replace(placeholder, text.trim_end());
+    for (marker, text) in sections {
+        md = md.replace(marker, text.trim_end());
     }
     std::fs::write(&args.markdown, md)?;
     eprintln!(
