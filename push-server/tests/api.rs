@@ -85,6 +85,15 @@ async fn publish(server: &Server, topic: &str, data: &str, event: Option<&str>) 
 
 type Sse = std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, String>> + Send>>;
 
+/// Polls `condition` every 10 ms until it holds, failing with `what` after [`WAIT`].
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn sse(server: &Server, query: &str, last_event_id: Option<&str>) -> Sse {
     let mut request = reqwest::Client::new().get(format!("{}/v1/events?{query}", server.http));
     if let Some(id) = last_event_id {
@@ -456,16 +465,14 @@ async fn a_slow_subscriber_is_cut_while_others_keep_up_and_memory_stays_bounded(
         .await
         .unwrap();
     let mut fast = sse(&server, "topic=firehose", None).await;
-    let deadline = Instant::now() + WAIT;
-    while server
-        .state
-        .metrics
-        .active_streams(sidestream_push::metrics::Transport::Sse)
-        < 2
-    {
-        assert!(Instant::now() < deadline, "both subscribers connect");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("both subscribers connect", || {
+        server
+            .state
+            .metrics
+            .active_streams(sidestream_push::metrics::Transport::Sse)
+            >= 2
+    })
+    .await;
 
     let payload = "x".repeat(16 * 1024);
     let client = reqwest::Client::new();
@@ -507,16 +514,14 @@ async fn a_slow_subscriber_is_cut_while_others_keep_up_and_memory_stays_bounded(
         "{metrics}"
     );
     // The stuck client's stream is gone and its connection closed.
-    let deadline = Instant::now() + WAIT;
-    while server
-        .state
-        .metrics
-        .active_streams(sidestream_push::metrics::Transport::Sse)
-        != 1
-    {
-        assert!(Instant::now() < deadline, "the slow stream ends");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the slow stream ends", || {
+        server
+            .state
+            .metrics
+            .active_streams(sidestream_push::metrics::Transport::Sse)
+            == 1
+    })
+    .await;
     let mut sink = vec![0u8; 1 << 20];
     let mut received = Vec::new();
     loop {
@@ -1107,15 +1112,10 @@ async fn subscribers_that_leave_are_forgotten() {
     );
     drop(events);
     ws.close(None).await.unwrap();
-    let deadline = Instant::now() + WAIT;
-    while server.state.hub.stream_count() != 0 || !server.state.hub.topic_counts().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "streams left: {}",
-            server.state.hub.stream_count()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("every stream and topic count is forgotten", || {
+        server.state.hub.stream_count() == 0 && server.state.hub.topic_counts().is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -1202,11 +1202,10 @@ async fn a_grpc_subscriber_that_falls_behind_is_cut_with_resource_exhausted() {
         "{metrics}"
     );
     // The cut subscriber's queue is let go while its client still does not read.
-    let deadline = Instant::now() + WAIT;
-    while server.state.hub.stream_count() > 0 {
-        assert!(Instant::now() < deadline, "the cut gRPC stream is dropped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the cut gRPC stream is dropped", || {
+        server.state.hub.stream_count() == 0
+    })
+    .await;
     // Reading again: what was queued, then the cut. Never the last message.
     let status = loop {
         match next_grpc(&mut lagging).await {
