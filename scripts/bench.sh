@@ -265,14 +265,49 @@ filter_variant_ready() { # variant : one request through Envoy reaches the upstr
   esac
 }
 
+filter_envoy_config() { # variant wasm-dir : writes $RUN/envoy-filter-<variant>.yaml
+  local v=$1 snippet cfg="$RUN/envoy-filter-$1.yaml"
+  snippet=$(cat "bench/envoy/filters/$v.yaml")
+  fill bench/envoy/filter-base.yaml "$cfg" \
+    "HTTP_FILTERS=$snippet" ADMIN_PORT=$P_ENVOY_ADMIN LISTEN_PORT=$P_ENVOY \
+    STABLE_PORT=$P_UPSTREAM_STABLE CANARY_PORT=$P_UPSTREAM_CANARY
+  fill "$cfg" "$cfg" "WASM_DIR=$2" "LUA_FILE=$ROOT/bench/lua/sidestream-equivalent.lua"
+}
+
+# Where the filter's time goes: bench/hostcall-probe times, inside Envoy's V8
+# VM, each host call and decision the filter makes per request (median of the
+# probe's 3 runs) -> filter-probe.json.
+bench_filter_probe() { # wasm-dir
+  local lines="$RESULTS/filter-probe-lines.txt"
+  filter_envoy_config probe "$1"
+  start envoy-probe taskset -c "$SERVER_CPU" envoy -c "$RUN/envoy-filter-probe.yaml" --concurrency 1 \
+    --disable-hot-restart --log-level warn
+  wait_http envoy-probe "http://127.0.0.1:$P_ENVOY_ADMIN/ready" 60
+  log "filter: in-VM cost of each host call and decision (bench/hostcall-probe)"
+  taskset -c "$CLIENT_CPU" wrk -t1 -c4 -d3s -H 'x-user-id: user-42' "http://127.0.0.1:$P_ENVOY/" >/dev/null
+  alive envoy-probe
+  stop envoy-probe
+  grep -o 'sidestream-probe {.*}' "$RUN/envoy-probe.log" | sed 's/^sidestream-probe //' >"$lines" || true
+  python3 - "$lines" "$RESULTS/filter-probe.json" <<'EOF' || die "the probe's results are missing; log: $RUN/envoy-probe.log"
+import json, statistics, sys
+runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+if not runs:
+    sys.exit("the probe logged no measurement")
+names = [k for k in runs[0] if k != "request"]
+ns = {k: statistics.median(r[k] for r in runs if k in r) for k in names}
+json.dump({"runs": len(runs), "ns_per_call": ns}, open(sys.argv[2], "w"), indent=2)
+EOF
+}
+
 bench_filter() {
   log "filter benchmark: Envoy --concurrency 1 pinned to cpu $SERVER_CPU, clients on cpu $CLIENT_CPU"
   local variants=($FILTER_VARIANTS) round v
   if [[ " ${variants[*]} " == *" sidestream "* ]]; then
     [ -f "$SIDESTREAM_WASM" ] || die "no sidestream filter at $SIDESTREAM_WASM (make filter, or set SIDESTREAM_WASM)"
   fi
-  CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} scripts/build-filter.sh -p sidestream-empty-filter >"$RUN/build-empty-filter.log" 2>&1 \
-    || die "building the empty filter failed: $RUN/build-empty-filter.log"
+  CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} scripts/build-filter.sh -p sidestream-empty-filter -p sidestream-hostcall-probe \
+    >"$RUN/build-empty-filter.log" 2>&1 \
+    || die "building the empty filter and the probe failed: $RUN/build-empty-filter.log"
   local empty="$WASM_DIR/sidestream_empty_filter.wasm"
   [ -f "$empty" ] || die "no empty filter at $empty"
   rm -f "$RESULTS"/filter-*
@@ -280,6 +315,7 @@ bench_filter() {
   mkdir -p "$wasm_tmp"
   [ ! -f "$SIDESTREAM_WASM" ] || cp "$SIDESTREAM_WASM" "$wasm_tmp/sidestream_filter.wasm"
   cp "$empty" "$wasm_tmp/sidestream_empty_filter.wasm"
+  cp "$WASM_DIR/sidestream_hostcall_probe.wasm" "$wasm_tmp/"
 
   ports_free "$P_UPSTREAM_STABLE" "$P_UPSTREAM_CANARY" "$P_ENVOY" "$P_ENVOY_ADMIN"
   start upstream taskset -c "$CLIENT_CPU" "$BENCH" --threads 1 upstream --mode echo \
@@ -288,13 +324,8 @@ bench_filter() {
 
   for round in $(seq 1 "$FILTER_ROUNDS"); do
     for v in "${variants[@]}"; do
-      local snippet cfg
-      snippet=$(cat "bench/envoy/filters/$v.yaml")
-      cfg="$RUN/envoy-filter-$v.yaml"
-      fill bench/envoy/filter-base.yaml "$cfg" \
-        "HTTP_FILTERS=$snippet" ADMIN_PORT=$P_ENVOY_ADMIN LISTEN_PORT=$P_ENVOY \
-        STABLE_PORT=$P_UPSTREAM_STABLE CANARY_PORT=$P_UPSTREAM_CANARY
-      fill "$cfg" "$cfg" "WASM_DIR=$wasm_tmp" "LUA_FILE=$ROOT/bench/lua/sidestream-equivalent.lua"
+      local cfg="$RUN/envoy-filter-$v.yaml"
+      filter_envoy_config "$v" "$wasm_tmp"
       start "envoy-$v" taskset -c "$SERVER_CPU" envoy -c "$cfg" --concurrency 1 \
         --disable-hot-restart --log-level warn
       wait_http "envoy-$v" "http://127.0.0.1:$P_ENVOY_ADMIN/ready" 60
@@ -325,6 +356,7 @@ bench_filter() {
       stop "envoy-$v"
     done
   done
+  bench_filter_probe "$wasm_tmp"
   stop upstream
   # The median round (by throughput) of each variant is the reported one;
   # for latency, the round with the median p99.
@@ -451,8 +483,9 @@ publish_url() { # server topic
 }
 
 fanout() { # server label subscribers steps sources
-  local s=$1 label=$2 n=$3 steps=$4 sources=$5 topic="bench-$2-$RANDOM"
-  "$BENCH" --threads "$PUSH_CLIENT_THREADS" fanout --label "$label" \
+  local s=$1 label=$2 n=$3 steps=$4 sources=$5 topic="bench-$2-$RANDOM" pid pid_args=()
+  for pid in $SERVER_PID; do pid_args+=(--server-pid "$pid"); done
+  "$BENCH" --threads "$PUSH_CLIENT_THREADS" fanout --label "$label" "${pid_args[@]}" \
     --sub-url "$(sub_url "$s" "$topic")" --publish-kind "$s" --publish-url "$(publish_url "$s" "$topic")" \
     --topic "$topic" --subscribers "$n" --sources "$sources" --steps "$steps" \
     --connect-concurrency "$PUSH_CONNECT_CONCURRENCY" --payload-bytes "$PUSH_PAYLOAD_BYTES" \

@@ -54,6 +54,10 @@ pub struct FanoutArgs {
     pub connect_concurrency: usize,
     #[arg(long, default_value_t = 120.0)]
     pub connect_timeout: f64,
+    /// The server's processes (with their children), whose CPU time each
+    /// step reports per delivery; none: only the client's own CPU is reported.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
     #[arg(long, default_value = "")]
     pub label: String,
     #[arg(long)]
@@ -75,6 +79,15 @@ pub struct StepResult {
     pub expected: u64,
     pub loss_ratio: f64,
     pub latency: LatencySummary,
+    /// CPU seconds the server used from the step's start to the end of its
+    /// drain (all its processes), if its pids were given.
+    pub server_cpu_s: Option<f64>,
+    /// CPU seconds this load client used over the same time.
+    pub client_cpu_s: f64,
+    /// `server_cpu_s` per delivered message, in microseconds.
+    pub server_cpu_us_per_delivery: Option<f64>,
+    /// `client_cpu_s` per delivered message, in microseconds.
+    pub client_cpu_us_per_delivery: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +108,20 @@ pub struct FanoutResult {
     pub missed: u64,
     pub out_of_order: u64,
     pub first_error: Option<String>,
+}
+
+/// CPU seconds of the server's processes, if given and readable.
+fn server_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    match crate::cpu::of_trees(pids) {
+        Ok(seconds) => Some(seconds),
+        Err(error) => {
+            eprintln!("fanout: cannot read the server's CPU time: {error:#}");
+            None
+        }
+    }
 }
 
 fn parse_steps(spec: &str) -> anyhow::Result<Vec<(f64, f64)>> {
@@ -152,6 +179,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
     for (k, &(rate, seconds)) in steps.iter().enumerate() {
         let connected_now =
             shared.connected.load(Ordering::Relaxed) - shared.closed.load(Ordering::Relaxed);
+        let server_cpu_before = server_cpu(&args.server_pids);
+        let client_cpu_before = crate::cpu::own();
         let start = Instant::now() + Duration::from_millis(50);
         let end = start + Duration::from_secs_f64(seconds);
         let mut lanes = Vec::new();
@@ -201,8 +230,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
             publish_errors += err;
         }
         tokio::time::sleep(Duration::from_secs_f64(args.drain)).await;
+        let server_cpu_s = server_cpu(&args.server_pids)
+            .zip(server_cpu_before)
+            .map(|(after, before)| after - before);
+        let client_cpu_s = crate::cpu::own() - client_cpu_before;
         let step = &shared.steps[k];
         let delivered = step.delivered.load(Ordering::Relaxed);
+        let per_delivery = |seconds: f64| (delivered > 0).then(|| seconds * 1e6 / delivered as f64);
         let expected = published * connected_now;
         let result = StepResult {
             publish_rate: rate,
@@ -219,6 +253,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
                 1.0 - (delivered as f64 / expected as f64)
             },
             latency: step.latency.summary(),
+            server_cpu_s,
+            client_cpu_s,
+            server_cpu_us_per_delivery: server_cpu_s.and_then(per_delivery),
+            client_cpu_us_per_delivery: per_delivery(client_cpu_s),
         };
         eprintln!(
             "fanout {} step {k}: {rate}/s × {connected_now} subs: {:.0} deliveries/s (offered {:.0}), loss {:.3}%, p50 {:.1} ms p99 {:.1} ms",

@@ -6,6 +6,7 @@
 //! (plots and BENCHMARKS.md). `scripts/bench.sh` starts the servers and runs
 //! these; see BENCHMARKS.md for the method.
 
+pub mod cpu;
 pub mod fanout;
 pub mod histogram;
 pub mod http1;

@@ -252,20 +252,8 @@ pub struct ProcessMemory {
 impl ProcessMemory {
     /// Sums the roots and all their descendants.
     pub fn of_trees(roots: &[u32]) -> anyhow::Result<ProcessMemory> {
-        let mut pids: Vec<u32> = roots.to_vec();
-        let parents = all_parents()?;
-        let mut i = 0;
-        while i < pids.len() {
-            let p = pids[i];
-            for (child, parent) in &parents {
-                if *parent == p && !pids.contains(child) {
-                    pids.push(*child);
-                }
-            }
-            i += 1;
-        }
         let mut m = ProcessMemory::default();
-        for pid in pids {
+        for pid in process_tree(roots)? {
             let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
                 continue;
             };
@@ -278,6 +266,23 @@ impl ProcessMemory {
         }
         Ok(m)
     }
+}
+
+/// `roots` and all their descendants.
+pub fn process_tree(roots: &[u32]) -> anyhow::Result<Vec<u32>> {
+    let mut pids: Vec<u32> = roots.to_vec();
+    let parents = all_parents()?;
+    let mut i = 0;
+    while i < pids.len() {
+        let p = pids[i];
+        for (child, parent) in &parents {
+            if *parent == p && !pids.contains(child) {
+                pids.push(*child);
+            }
+        }
+        i += 1;
+    }
+    Ok(pids)
 }
 
 fn field_kib(text: &str, name: &str) -> u64 {

@@ -62,6 +62,8 @@ pub struct Results {
     pub conditions: Vec<(String, String)>,
     pub throughput: BTreeMap<String, Throughput>,
     pub latency: BTreeMap<String, Value>,
+    /// `filter-probe.json`: ns per host call and decision inside Envoy's VM.
+    pub probe: Option<Value>,
     pub propagation: Option<Value>,
     pub memory: BTreeMap<String, Value>,
     pub saturation: BTreeMap<String, Value>,
@@ -89,6 +91,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let sections = [
         ("{{CONDITIONS}}", conditions_table(&results)),
         ("{{FILTER_TABLE}}", filter_table(&results)),
+        ("{{FILTER_PROBE_TABLE}}", probe_table(&results)),
         (
             "{{FILTER_PLOTS}}",
             figure("filter-throughput.svg", "filter throughput")
@@ -170,6 +173,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Results> {
             r.latency.insert(v.to_owned(), j);
         }
     }
+    r.probe = read_json("filter-probe.json");
     r.propagation = read_json("propagation.json");
     r.pushpin_out_of_sequence = std::fs::read_to_string(dir.join("pushpin-out-of-sequence.txt"))
         .ok()
@@ -338,6 +342,115 @@ fn filter_table(r: &Results) -> String {
     s
 }
 
+/// What the sidestream filter does on the benchmark's plain request, as
+/// (probe operation, calls per request, what for); streams add the admission rows.
+const PROBE_PER_REQUEST: [(&str, f64, &str); 6] = [
+    (
+        "get_all_request_headers",
+        1.0,
+        "read the request headers once",
+    ),
+    (
+        "trace_decide",
+        1.0,
+        "parse or start the trace, new ids (CSPRNG)",
+    ),
+    (
+        "set_request_header",
+        2.0,
+        "write `traceparent` and the group tag",
+    ),
+    ("clear_route_cache", 1.0, "re-route on the tag"),
+    ("release_decide", 1.0, "choose the release group"),
+    (
+        "set_response_header",
+        1.0,
+        "echo the trace id on the response",
+    ),
+];
+const PROBE_OTHERS: [(&str, &str); 7] = [
+    (
+        "stream_admit",
+        "streams only: token bucket and concurrency decision",
+    ),
+    (
+        "get_shared_data",
+        "streams only: read the bucket (shared across workers)",
+    ),
+    ("set_shared_data", "streams only: compare-and-swap it back"),
+    (
+        "increment_metric",
+        "per counter and tick, not per request (counters are batched)",
+    ),
+    (
+        "clock",
+        "reference: the cheapest host call (read the clock)",
+    ),
+    (
+        "get_absent_header",
+        "reference: look up a header that is absent",
+    ),
+    (
+        "get_present_header",
+        "reference: look up a present header (one call into the VM to allocate the value)",
+    ),
+];
+
+fn probe_table(r: &Results) -> String {
+    let Some(p) = &r.probe else {
+        return missing("In-VM cost probe");
+    };
+    let ns = |op: &str| num(p, &["ns_per_call", op]);
+    let mut s = String::from(
+        "| operation | calls per plain request | ns per call | ns per request | what for |\n\
+         | --- | ---: | ---: | ---: | --- |\n",
+    );
+    let mut total = 0.0;
+    for (op, calls, what) in PROBE_PER_REQUEST {
+        let per_call = ns(op);
+        let per_request = per_call.map(|n| n * calls);
+        total += per_request.unwrap_or(0.0);
+        let f = |x: Option<f64>| x.map(|x| format!("{x:.0}")).unwrap_or("–".into());
+        let _ = writeln!(
+            s,
+            "| `{op}` | {calls} | {} | {} | {what} |",
+            f(per_call),
+            f(per_request)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| **sum** | | | **{total:.0}** | the filter's own work on one plain request |"
+    );
+    for (op, what) in PROBE_OTHERS {
+        let per_call = ns(op).map(|x| format!("{x:.0}")).unwrap_or("–".into());
+        let _ = writeln!(s, "| `{op}` | – | {per_call} | – | {what} |");
+    }
+    if let (Some(present), Some(absent)) = (ns("get_present_header"), ns("get_absent_header")) {
+        let _ = writeln!(
+            s,
+            "\nOne call from Envoy into the VM (present − absent header): about {:.0} ns.",
+            present - absent
+        );
+    }
+    let rps = |v: &str| r.throughput.get(v).map(|t| t.rps).filter(|x| *x > 0.0);
+    if let (Some(base), Some(empty)) = (rps("none"), rps("empty-wasm")) {
+        let base_ns = 1e9 / base;
+        let empty_ns = 1e9 / empty;
+        let bound = 1e9 / (empty_ns + total) / base;
+        let _ = writeln!(
+            s,
+            "\nBare Envoy spends {base_ns:.0} ns per request here and the empty Wasm filter {empty_ns:.0} ns. \
+             The calls above add {total:.0} ns ({:.1}% of bare Envoy's time) to the empty filter, so a filter \
+             making exactly these calls, with no other cost, would keep at most **{:.1}%** of bare \
+             Envoy's throughput in this run.",
+            100.0 * total / base_ns,
+            100.0 * bound
+        );
+    }
+    s
+}
+
 fn propagation_table(r: &Results) -> String {
     let Some(p) = &r.propagation else {
         return missing("Propagation benchmark");
@@ -462,8 +575,8 @@ fn sweep_table(r: &Results) -> String {
         return missing("Fan-out latency benchmark");
     }
     let mut s = String::from(
-        "| server | subscribers | publish/s | delivered/s | loss | p50 (ms) | p99 (ms) | max (ms) |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| server | subscribers | publish/s | delivered/s | loss | p50 (ms) | p99 (ms) | max (ms) | server CPU per delivery (µs) | client CPU per delivery (µs) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for (k, label) in SERVERS {
         let Some(by_n) = r.sweep.get(k) else {
@@ -477,15 +590,22 @@ fn sweep_table(r: &Results) -> String {
             else {
                 continue;
             };
+            let cpu = |field: &str| {
+                num(st, &[field])
+                    .map(|us| format!("{us:.1}"))
+                    .unwrap_or("–".into())
+            };
             let _ = writeln!(
                 s,
-                "| {label} | {n} | {:.0} | {:.0} | {:.2}% | {:.1} | {:.1} | {:.1} |",
+                "| {label} | {n} | {:.0} | {:.0} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {} |",
                 num(st, &["publish_rate"]).unwrap_or(0.0),
                 num(st, &["delivered_per_s"]).unwrap_or(0.0),
                 100.0 * num(st, &["loss_ratio"]).unwrap_or(0.0),
                 num(st, &["latency", "p50_ms"]).unwrap_or(0.0),
                 num(st, &["latency", "p99_ms"]).unwrap_or(0.0),
                 num(st, &["latency", "max_ms"]).unwrap_or(0.0),
+                cpu("server_cpu_us_per_delivery"),
+                cpu("client_cpu_us_per_delivery"),
             );
         }
     }
