@@ -649,6 +649,19 @@ mod tests {
         w("filter-none-wrk.txt", "Requests/sec:  20000.0\n");
         w("filter-sidestream-wrk.txt", "Requests/sec:  19000.0\n");
         w("filter-lua-wrk.txt", "Requests/sec:  15000.0\n");
+        w("filter-empty-wasm-wrk.txt", "Requests/sec:  19500.0\n");
+        w(
+            "filter-probe.json",
+            r#"{"runs": 3, "ns_per_call": {"get_all_request_headers": 700, "trace_decide": 300,
+               "set_request_header": 150, "clear_route_cache": 300, "release_decide": 50,
+               "set_response_header": 150, "get_present_header": 500, "get_absent_header": 100}}"#,
+        );
+        w(
+            "fanout-sidestream-subs-10000.json",
+            r#"{"steps": [{"publish_rate": 2, "delivered_per_s": 20000, "loss_ratio": 0,
+               "latency": {"p50_ms": 36.8, "p99_ms": 74.7, "max_ms": 80.4},
+               "server_cpu_us_per_delivery": 9.81, "client_cpu_us_per_delivery": 4.3}]}"#,
+        );
         w(
             "filter-none-cores.txt",
             "server core 99.0% busy, client core 60.0% busy\n",
@@ -665,7 +678,8 @@ mod tests {
         let template = dir.path().join("t.md.in");
         std::fs::write(
             &template,
-            "{{CONDITIONS}}\n{{FILTER_TABLE}}\n{{FILTER_PLOTS}}\n{{PROPAGATION_TABLE}}\n{{MEMORY_TABLE}}\n{{MEMORY_PLOTS}}\n",
+            "{{CONDITIONS}}\n{{FILTER_TABLE}}\n{{FILTER_PLOTS}}\n{{FILTER_PROBE_TABLE}}\n\
+             {{PROPAGATION_TABLE}}\n{{MEMORY_TABLE}}\n{{MEMORY_PLOTS}}\n{{FANOUT_LATENCY_TABLE}}\n",
         )
         .unwrap();
         let args = ReportArgs {
@@ -682,6 +696,22 @@ mod tests {
         assert!(md.contains("99% / 60%"), "{md}");
         assert!(md.contains("1.27× the throughput"), "{md}");
         assert!(md.contains("Propagation benchmark: not measured"), "{md}");
+        // The probe: 700 + 300 + 2 × 150 + 300 + 50 + 150 ns per plain request,
+        // on top of the empty filter's 51,282 ns against bare Envoy's 50,000.
+        assert!(
+            md.contains("| `set_request_header` | 2 | 150 | 300 |"),
+            "{md}"
+        );
+        assert!(md.contains("| **sum** | | | **1800** |"), "{md}");
+        assert!(md.contains("about 400 ns"), "{md}");
+        assert!(md.contains("(3.6% of bare Envoy's time)"), "{md}");
+        assert!(md.contains("at most **94.2%**"), "{md}");
+        assert!(
+            md.contains(
+                "| sidestream-push | 10000 | 2 | 20000 | 0.00% | 36.8 | 74.7 | 80.4 | 9.8 | 4.3 |"
+            ),
+            "{md}"
+        );
         assert!(
             md.contains("| Nchan | 18000 |") && md.contains("| 50% |"),
             "{md}"
