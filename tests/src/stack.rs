@@ -85,6 +85,7 @@ pub struct Stack {
     pub dir: PathBuf,
     child: Child,
     stopped: bool,
+    keep_data: bool,
 }
 
 impl Stack {
@@ -137,6 +138,7 @@ impl Stack {
             dir,
             child,
             stopped: false,
+            keep_data: false,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -315,6 +317,12 @@ impl Stack {
         }
     }
 
+    /// Keeps etcd's data when the stack is dropped (for a second run over
+    /// the first in the same folder).
+    pub fn keep_data(&mut self) {
+        self.keep_data = true;
+    }
+
     /// Stops the stack as `kill <script pid>` does (SIGTERM to run-stack.sh,
     /// which stops its processes) and waits for it to finish.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
@@ -354,5 +362,10 @@ impl Drop for Stack {
         // Whatever is left in the group (nothing, normally).
         kill_group(self.child.id());
         let _ = self.child.wait();
+        // etcd's data (about 60 MB of preallocated WAL) goes with a passing
+        // test; a panicking one keeps it next to the logs.
+        if !self.keep_data && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(self.dir.join("etcd"));
+        }
     }
 }

@@ -530,6 +530,7 @@ async fn ctrl_c_stops_everything_and_a_second_run_works() {
         "{}",
         stack.script_log()
     );
+    stack.keep_data();
     drop(stack);
 
     // Same folder, same ports: no stale pid file, data or port in the way.
