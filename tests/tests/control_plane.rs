@@ -1288,3 +1288,22 @@ async fn grpc_over_tls_requires_a_client_certificate_signed_by_the_client_ca() {
     };
     assert!(plain.is_err(), "a plain-text client was served");
 }
+
+#[tokio::test]
+async fn a_passing_tests_etcd_data_goes_with_its_member_and_the_log_stays() {
+    let dir = run_dir("etcd-cleanup").unwrap();
+    let etcd = Etcd::start(&dir).await.unwrap();
+    assert!(
+        dir.join("etcd-data").is_dir(),
+        "etcd writes its data in the run folder"
+    );
+    drop(etcd);
+    assert!(
+        !dir.join("etcd-data").exists(),
+        "the data is deleted when the member is dropped"
+    );
+    assert!(
+        dir.join("etcd-1.log").is_file(),
+        "the log stays for reading"
+    );
+}

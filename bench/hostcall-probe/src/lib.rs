@@ -58,7 +58,7 @@ impl RootContext for ProbeRoot {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
-                proxy_wasm::hostcalls::log(
+                hostcalls::log(
                     LogLevel::Error,
                     &format!("sidestream-probe: no configuration: {status:?}"),
                 )
