@@ -570,6 +570,13 @@ fn saturation_table(r: &Results) -> String {
     s
 }
 
+/// The first step of a fan-out result (a latency-sweep run has one).
+fn first_step(m: &Value) -> Option<&Value> {
+    m.get("steps")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+}
+
 fn sweep_table(r: &Results) -> String {
     if r.sweep.is_empty() {
         return missing("Fan-out latency benchmark");
@@ -583,11 +590,7 @@ fn sweep_table(r: &Results) -> String {
             continue;
         };
         for (n, m) in by_n {
-            let Some(st) = m
-                .get("steps")
-                .and_then(Value::as_array)
-                .and_then(|a| a.first())
-            else {
+            let Some(st) = first_step(m) else {
                 continue;
             };
             let cpu = |field: &str| {

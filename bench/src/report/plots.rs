@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde_json::Value;
 
-use super::{num, Results, SERVERS, VARIANTS};
+use super::{first_step, num, Results, SERVERS, VARIANTS};
 
 const COLORS: [RGBColor; 4] = [
     RGBColor(0x1f, 0x77, 0xb4),
@@ -328,6 +328,22 @@ fn push_memory(r: &Results, path: &Path) -> DrawResult {
     )
 }
 
+/// Draws the series legend (upper left) and writes the plot out.
+fn legend_and_present<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
 fn push_throughput(r: &Results, path: &Path) -> DrawResult {
     let series: Vec<(&str, Vec<(f64, f64)>)> = SERVERS
         .iter()
@@ -412,15 +428,7 @@ fn push_throughput(r: &Results, path: &Path) -> DrawResult {
             .draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    legend_and_present(&mut chart, &root)
 }
 
 fn push_latency(r: &Results, path: &Path) -> DrawResult {
@@ -432,11 +440,7 @@ fn push_latency(r: &Results, path: &Path) -> DrawResult {
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
         for (n, m) in by_n {
-            let Some(st) = m
-                .get("steps")
-                .and_then(Value::as_array)
-                .and_then(|a| a.first())
-            else {
+            let Some(st) = first_step(m) else {
                 continue;
             };
             p50.push((*n as f64, num(st, &["latency", "p50_ms"]).unwrap_or(0.0)));
@@ -462,13 +466,8 @@ fn push_latency(r: &Results, path: &Path) -> DrawResult {
         .values()
         .flat_map(|m| m.values())
         .next()
-        .and_then(|m| {
-            m.get("steps")
-                .and_then(Value::as_array)
-                .and_then(|a| a.first())
-                .cloned()
-        })
-        .and_then(|s| num(&s, &["publish_rate"]))
+        .and_then(first_step)
+        .and_then(|s| num(s, &["publish_rate"]))
         .unwrap_or(0.0);
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -522,13 +521,5 @@ fn push_latency(r: &Results, path: &Path) -> DrawResult {
             }))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    legend_and_present(&mut chart, &root)
 }
