@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "sidestream/config/v1/discovery.proto",
         "sidestream/push/v1/push.proto",
+        "sidestream/limits/v1/limits.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -25,3 +25,16 @@ pub mod push {
         include!(concat!(env!("OUT_DIR"), "/sidestream.push.v1.rs"));
     }
 }
+
+/// Mesh-wide stream limits (filter → sidestream-limiter).
+pub mod limits {
+    /// Version 1 of the limits protocol.
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/sidestream.limits.v1.rs"));
+
+        /// Full gRPC service name of `StreamLimiter`, for clients that frame
+        /// calls themselves (the Wasm filter).
+        pub const STREAM_LIMITER_SERVICE: &str = "sidestream.limits.v1.StreamLimiter";
+    }
+}
