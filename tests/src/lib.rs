@@ -21,8 +21,14 @@ use std::time::{Duration, Instant};
 
 pub use process::Proc;
 
-/// The workspace root (the folder holding the top-level `Cargo.toml`).
+/// The workspace root (the folder holding the top-level `Cargo.toml`):
+/// `SIDESTREAM_WORKSPACE_ROOT` when set (a test runs a built test binary
+/// against a copy of the repository, see `tests/tests/standalone_clone.rs`),
+/// else where this crate was compiled.
 pub fn workspace_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("SIDESTREAM_WORKSPACE_ROOT") {
+        return PathBuf::from(root);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)

@@ -1,7 +1,8 @@
 //! The Istio manifests in `istio/` are valid, consistent and complete:
-//! - every Istio resource validates against Istio's own CRD schemas
-//!   (`<repo>/../shared/reference/istio-crds.yaml`), strictly (an unknown field
-//!   is an error, as `kubectl apply`'s default strict field validation makes it);
+//! - every Istio resource validates against Istio's own CRD schemas (Istio
+//!   1.29's, from the npm package `@kubernetes-models/istio` pinned in
+//!   `tests/istio-crds/package.json`), strictly (an unknown field is an error,
+//!   as `kubectl apply`'s default strict field validation makes it);
 //! - every Kubernetes resource validates against the Kubernetes schemas
 //!   (`kubernetes-validate --strict`, from PyPI, installed by
 //!   `scripts/install-deps.sh test`);
@@ -29,17 +30,18 @@ fn istio_dir() -> PathBuf {
     sidestream_tests::workspace_root().join("istio")
 }
 
-/// Istio's CRDs, kept in the shared folder beside the repository.
-fn istio_crds_path() -> PathBuf {
-    let root = sidestream_tests::workspace_root();
-    let path = root.join("../shared/reference/istio-crds.yaml");
+/// The checker of Istio's CRD schemas: `tests/istio-crds/validate.mjs`, with
+/// the pinned npm packages that `scripts/install-deps.sh test` installs beside it.
+fn istio_crd_checker() -> PathBuf {
+    let dir = sidestream_tests::workspace_root().join("tests/istio-crds");
     assert!(
-        path.is_file(),
-        "Istio's CRD schemas are missing: expected {} (the shared/ folder beside the repository, \
-         as CI's clone has it). The Istio manifest tests validate against them and cannot run without them.",
-        path.display()
+        dir.join("node_modules/@kubernetes-models/istio").is_dir()
+            && dir.join("node_modules/typescript").is_dir(),
+        "Istio's CRD schemas are missing: expected the npm packages of {} to be installed \
+         (run scripts/install-deps.sh test, which runs `npm ci` there)",
+        dir.join("package.json").display()
     );
-    path
+    dir.join("validate.mjs")
 }
 
 fn yaml_documents(text: &str) -> anyhow::Result<Vec<Value>> {
@@ -150,147 +152,57 @@ fn subset_of(wanted: &BTreeMap<String, String>, have: &BTreeMap<String, String>)
 // ---------------------------------------------------------------------------
 // Istio CRD schemas
 
-/// Turns a CRD's OpenAPI v3 structural schema into a JSON Schema (draft 4)
-/// with the API server's semantics: `nullable` allows null, and an object with
-/// `properties` accepts no other field unless it preserves unknown fields.
-/// Strictness is not added inside `anyOf`/`oneOf`/`allOf`/`not`, which in CRDs
-/// only state which fields are required together.
-fn structural_to_json_schema(node: &mut Value, strict: bool) {
-    let Value::Object(map) = node else { return };
-    if map.get("nullable") == Some(&Value::Bool(true)) {
-        if let Some(Value::String(ty)) = map.get("type").cloned() {
-            map.insert("type".into(), json!([ty, "null"]));
-        }
-        map.remove("nullable");
-    }
-    let preserve = map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-    if strict
-        && map.contains_key("properties")
-        && !map.contains_key("additionalProperties")
-        && !preserve
-    {
-        map.insert("additionalProperties".into(), Value::Bool(false));
-    }
-    if let Some(Value::Object(properties)) = map.get_mut("properties") {
-        for child in properties.values_mut() {
-            structural_to_json_schema(child, true);
-        }
-    }
-    for key in ["items", "additionalProperties"] {
-        if let Some(child @ Value::Object(_)) = map.get_mut(key) {
-            structural_to_json_schema(child, true);
-        }
-    }
-    for key in ["anyOf", "oneOf", "allOf"] {
-        if let Some(Value::Array(children)) = map.get_mut(key) {
-            for child in children {
-                structural_to_json_schema(child, false);
-            }
-        }
-    }
-    if let Some(child) = map.get_mut("not") {
-        structural_to_json_schema(child, false);
-    }
-}
-
-struct CrdVersion {
-    served: bool,
-    validator: jsonschema::Validator,
-}
-
-/// (group, version, kind) → schema of that CRD version.
-fn istio_crd_validators() -> BTreeMap<(String, String, String), CrdVersion> {
-    let path = istio_crds_path();
-    let text = std::fs::read_to_string(&path).expect("readable CRD file");
-    let mut validators = BTreeMap::new();
-    for crd in yaml_documents(&text).expect("CRD file is YAML") {
-        if kind(&crd) != "CustomResourceDefinition" {
-            continue;
-        }
-        let group = crd["spec"]["group"].as_str().expect("CRD group").to_owned();
-        let crd_kind = crd["spec"]["names"]["kind"]
-            .as_str()
-            .expect("CRD kind")
-            .to_owned();
-        for version in crd["spec"]["versions"].as_array().expect("CRD versions") {
-            let version_name = version["name"].as_str().expect("version name").to_owned();
-            let mut schema = version["schema"]["openAPIV3Schema"].clone();
-            assert!(
-                schema.is_object(),
-                "{crd_kind} {version_name}: no openAPIV3Schema"
-            );
-            // The API server checks these itself; the CRD schema leaves them out.
-            schema["properties"]["apiVersion"] = json!({"type": "string"});
-            schema["properties"]["kind"] = json!({"type": "string"});
-            schema["properties"]["metadata"] = json!({
-                "type": "object",
-                "required": ["name"],
-                "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 253},
-                    "namespace": {"type": "string"},
-                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
-                }
-            });
-            structural_to_json_schema(&mut schema, true);
-            let validator = jsonschema::draft4::new(&schema).unwrap_or_else(|e| {
-                panic!("{crd_kind} {version_name}: schema does not compile: {e}")
-            });
-            validators.insert(
-                (group.clone(), version_name, crd_kind.clone()),
-                CrdVersion {
-                    served: version["served"].as_bool().unwrap_or(false),
-                    validator,
-                },
-            );
-        }
-    }
+/// Problems of Istio resources against Istio's CRD schemas, one string each,
+/// starting with the manifest's file name. The schemas are Istio's own (from
+/// the npm package `@kubernetes-models/istio`, generated from Istio's
+/// `crd-all.gen.yaml`); unknown fields are errors, as `kubectl apply`'s strict
+/// field validation makes them (see `tests/istio-crds/validate.mjs`).
+fn crd_problems(manifests: &[&Manifest]) -> Vec<String> {
+    use std::io::Write as _;
+    let checker = istio_crd_checker();
+    let input: Vec<Value> = manifests
+        .iter()
+        .map(|m| json!({"file": m.file, "doc": m.doc}))
+        .collect();
+    let mut child = Command::new("node")
+        .arg(&checker)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run node {} ({e}); run scripts/install-deps.sh test",
+                checker.display()
+            )
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(serde_json::to_string(&input).expect("json").as_bytes())
+        .expect("write manifests to the checker");
+    let output = child.wait_with_output().expect("checker finishes");
     assert!(
-        validators.len() > 10,
-        "{}: expected Istio's CRDs, found {} versions",
-        path.display(),
-        validators.len()
+        output.status.success(),
+        "{} failed ({}): {}",
+        checker.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
     );
-    validators
-}
-
-/// Problems of one Istio resource against its CRD schema.
-fn crd_problems(
-    manifest: &Manifest,
-    crds: &BTreeMap<(String, String, String), CrdVersion>,
-) -> Vec<String> {
-    let doc = &manifest.doc;
-    let api_version = doc["apiVersion"].as_str().unwrap_or("");
-    let Some((group, version)) = api_version.split_once('/') else {
-        return vec![format!(
-            "{}: apiVersion '{api_version}' has no group",
-            manifest.file
-        )];
-    };
-    let key = (group.to_owned(), version.to_owned(), kind(doc).to_owned());
-    let Some(crd) = crds.get(&key) else {
-        return vec![format!(
-            "{}: Istio has no CRD for {} {api_version}",
-            manifest.file,
-            kind(doc)
-        )];
-    };
-    let mut problems = Vec::new();
-    if !crd.served {
-        problems.push(format!(
-            "{}: {api_version} {} is not served",
-            manifest.file,
-            kind(doc)
-        ));
-    }
-    for error in crd.validator.iter_errors(doc) {
-        problems.push(format!(
-            "{}: at '{}': {error}",
-            manifest.file,
-            error.instance_path()
-        ));
-    }
-    problems
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{} printed no JSON report ({e}): {}",
+            checker.display(),
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    report["problems"]
+        .as_array()
+        .expect("report.problems is an array")
+        .iter()
+        .map(|p| p.as_str().expect("problem is a string").to_owned())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -892,7 +804,6 @@ fn every_file_is_one_kebab_case_resource_listed_in_the_kustomization() {
 
 #[test]
 fn istio_resources_validate_against_istio_crd_schemas() {
-    let crds = istio_crd_validators();
     let manifests = load_manifests();
     let istio: Vec<&Manifest> = manifests.iter().filter(|m| is_istio(&m.doc)).collect();
     let kinds: BTreeSet<&str> = istio.iter().map(|m| kind(&m.doc)).collect();
@@ -905,7 +816,7 @@ fn istio_resources_validate_against_istio_crd_schemas() {
     ] {
         assert!(kinds.contains(expected), "istio/ has no {expected}");
     }
-    let problems: Vec<String> = istio.iter().flat_map(|m| crd_problems(m, &crds)).collect();
+    let problems = crd_problems(&istio);
     assert!(
         problems.is_empty(),
         "Istio CRD schema violations:\n{}",
@@ -915,7 +826,6 @@ fn istio_resources_validate_against_istio_crd_schemas() {
 
 #[test]
 fn crd_validation_rejects_broken_istio_resources() {
-    let crds = istio_crd_validators();
     let manifests = load_manifests();
     let by_kind = |k: &str| {
         manifests
@@ -951,10 +861,21 @@ fn crd_validation_rejects_broken_istio_resources() {
             m
         }),
     ];
-    for (what, manifest) in broken {
+    // One checker run for all: each broken manifest under a file name of its own.
+    let broken: Vec<(&str, Manifest)> = broken
+        .into_iter()
+        .enumerate()
+        .map(|(i, (what, mut m))| {
+            m.file = format!("broken-{i}-{}", m.file);
+            (what, m)
+        })
+        .collect();
+    let problems = crd_problems(&broken.iter().map(|(_, m)| m).collect::<Vec<_>>());
+    for (what, manifest) in &broken {
+        let prefix = format!("{}: ", manifest.file);
         assert!(
-            !crd_problems(&manifest, &crds).is_empty(),
-            "CRD validation accepted a manifest with {what}"
+            problems.iter().any(|p| p.starts_with(&prefix)),
+            "CRD validation accepted a manifest with {what}; problems found: {problems:#?}"
         );
     }
 }
