@@ -62,39 +62,8 @@ pub struct DaemonArgs {
     pub etcd_max_backoff: Duration,
 }
 
-/// Parses "250ms", "5s", "1m", "100us". The unit is required: a bare number
-/// is refused, since other tools read it as seconds and this one once read it
-/// as milliseconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 5ms or 2s"))?;
-    let seconds = match unit {
-        "" => {
-            return Err(format!(
-                "'{text}' needs a unit: {text}ms, {text}s, {text}m (or us)"
-            ))
-        }
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "s" => value,
-        "m" => value * 60.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?} (use us, ms, s or m)"
-            ))
-        }
-    };
-    if !seconds.is_finite() || !(0.0..=86_400.0).contains(&seconds) {
-        return Err(format!("{text:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
+/// Duration flags: the parser every sidestream daemon shares.
+pub use sidestream_core::duration::parse_duration;
 
 /// Errors starting the daemon: all are configuration errors (exit 64)
 /// except binding, which is reported as is.
@@ -274,26 +243,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("5ms"), Ok(Duration::from_millis(5)));
-        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5h").is_err());
-    }
-
-    #[test]
     fn a_bare_number_needs_a_unit() {
-        for bare in ["5", "0", "2.5", " 250 "] {
-            let error = parse_duration(bare).expect_err(bare);
-            let number = bare.trim();
-            assert_eq!(
-                error,
-                format!("'{number}' needs a unit: {number}ms, {number}s, {number}m (or us)")
-            );
-        }
         for (flag, value) in [("--debounce", "5"), ("--etcd-max-backoff", "5000")] {
             let error = DaemonArgs::try_parse_from(["x", flag, value]).expect_err(flag);
             let text = error.to_string();

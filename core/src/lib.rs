@@ -5,6 +5,7 @@
 //! push server, tests) and inside the Envoy Wasm filter (wasm32-wasip1).
 
 pub mod config;
+pub mod duration;
 pub mod limit;
 pub mod release;
 pub mod trace;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use sidestream_core::duration::parse_duration;
 use sidestream_push::server::{self, Shutdown};
 use sidestream_push::state::{AppState, BrokerSpec, Settings};
 use sidestream_push::topics::{self, TopicRegistry};
@@ -145,40 +146,6 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
-}
-
-/// `250ms`, `15s`, `10m`, `1h`, `1.5s`. The unit is required: a bare number
-/// is refused, as the control plane refuses it (this server once read it as
-/// seconds, the control plane as milliseconds).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let not_a_duration = || format!("'{text}' is not a duration like 250ms, 15s, 10m");
-    let value: f64 = number.parse().map_err(|_| not_a_duration())?;
-    let (nanos_per_unit, seconds_per_unit): (u64, f64) = match unit {
-        "" => {
-            return Err(format!(
-                "'{text}' needs a unit: {text}ms, {text}s, {text}m (or h)"
-            ))
-        }
-        "ms" => (1_000_000, 1e-3),
-        "s" => (1_000_000_000, 1.0),
-        "m" => (60_000_000_000, 60.0),
-        "h" => (3_600_000_000_000, 3600.0),
-        _ => return Err(format!("'{text}': unit must be ms, s, m or h")),
-    };
-    let out_of_range = || format!("'{text}' is out of range");
-    match number.parse::<u64>() {
-        // Whole numbers exactly; fractions through f64.
-        Ok(whole) => whole
-            .checked_mul(nanos_per_unit)
-            .map(Duration::from_nanos)
-            .ok_or_else(out_of_range),
-        Err(_) => Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| out_of_range()),
-    }
 }
 
 fn main() -> ExitCode {
@@ -362,30 +329,7 @@ mod tests {
     ];
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("1d").is_err());
-        assert!(parse_duration("ms").is_err());
-        assert!(parse_duration("99999999999999999999h").is_err());
-        assert!(parse_duration("18446744073709551615h").is_err());
-        assert!(parse_duration("1.2.3s").is_err());
-    }
-
-    #[test]
     fn a_bare_number_needs_a_unit() {
-        for bare in ["7", "0", "2.5", " 30 "] {
-            let number = bare.trim();
-            assert_eq!(
-                parse_duration(bare),
-                Err(format!(
-                    "'{number}' needs a unit: {number}ms, {number}s, {number}m (or h)"
-                ))
-            );
-        }
         for flag in DURATION_FLAGS {
             let error = Cli::try_parse_from(["sidestream-push", flag, "5"]).expect_err(flag);
             let text = error.to_string();
