@@ -11,6 +11,7 @@
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sidestream_core::config::{SubscribeAuth, TopicSettings};
+use subtle::ConstantTimeEq as _;
 
 use crate::error::PushError;
 
@@ -140,11 +141,10 @@ pub fn covers(patterns: &[String], topic: &str) -> bool {
         })
 }
 
+/// Compares a key with a presented token in time independent of where they
+/// differ (only their lengths may tell).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 /// The bearer token of an `Authorization` header value.
@@ -253,6 +253,14 @@ mod tests {
             auth.authorize_subscribe("private", &settings, Some(&publish_only)),
             Err(PushError::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cres"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+        assert!(!constant_time_eq(b"", b"x"));
     }
 
     #[test]

@@ -218,6 +218,16 @@ async fn two_push_servers_on_one_redis_share_topics_and_resume_across_servers() 
     let last_on_a = next_sse(&mut on_a).await;
     assert_eq!(last_on_a.data, "s2");
     assert_eq!(next_sse(&mut on_b).await.data, "s2");
+    // A topic new to B while its reader blocks in XREAD: the reader is woken
+    // (CLIENT UNBLOCK) and picks it up, and a healthy run logs no XREAD failure.
+    let mut late = sse(&b.url(), "topic=late", None).await;
+    b.publish("late", "l1").await.expect("publish on B");
+    assert_eq!(next_sse(&mut late).await.data, "l1");
+    drop(late);
+    for server in [&a, &b] {
+        let log = server.proc.log();
+        assert!(!log.contains("Redis XREAD failed"), "{log}");
+    }
 
     // A dies; its subscriber resumes on B and gets exactly what it missed.
     a.proc.kill();

@@ -546,7 +546,7 @@ async fn read_loop(client: Client, prefix: String, state: Arc<ReaderState>, hub:
         let reply = match reply {
             Ok(reply) => reply,
             Err(error) => {
-                if !error.to_string().contains("UNBLOCKED") {
+                if error.code() != Some("UNBLOCKED") {
                     tracing::warn!(%error, "Redis XREAD failed; reconnecting");
                     conn = None;
                     tokio::time::sleep(backoff).await;
