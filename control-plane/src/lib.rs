@@ -7,7 +7,6 @@
 //! `sidestreamctl` calls [`ctl::run`].
 
 pub mod admin;
-pub mod backoff;
 pub mod config_state;
 pub mod ctl;
 pub mod daemon;

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, EventType, GetOptions, KvClient, WatchOptions, WatchResponse};
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
 use crate::config_state::history::{HistoryRead, HistoryWalk, Recovered, WalkStep, HISTORY_STEPS};
 use crate::config_state::ApplyReport;
 use crate::etcd::{is_compacted, EtcdSettings};
 use crate::state::{unix_millis, unix_nanos, ControlPlane};
 use crate::watch::{Change, Next, Step, WatchMachine, WatchMessage};
+use sidestream_core::backoff::Backoff;
 
 /// Timing of the etcd watch.
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 //! and randomness are arguments, so the same code runs natively (control plane,
 //! push server, tests) and inside the Envoy Wasm filter (wasm32-wasip1).
 
+pub mod backoff;
 pub mod config;
 pub mod duration;
 pub mod limit;

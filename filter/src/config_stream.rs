@@ -27,6 +27,7 @@
 use std::time::Duration;
 
 use prost::Message;
+use sidestream_core::backoff::{unit_interval, Backoff};
 use sidestream_core::config::{ControlPlaneSettings, Snapshot};
 use sidestream_proto::config::v1::{
     ConfigRequest, ConfigResponse, ErrorDetail, Node, STREAM_CONFIG_METHOD, STREAM_CONFIG_SERVICE,
@@ -59,8 +60,8 @@ pub struct ConfigStream {
     settings: ControlPlaneSettings,
     node_id: String,
     phase: Phase,
-    /// Consecutive attempts that ended without a response (drives the backoff).
-    failures: u32,
+    /// Reconnect delays; reset once a stream delivers a response.
+    backoff: Backoff,
     /// Whether a stream was opened before (later opens are reconnects).
     opened_before: bool,
     /// The version in force ("" while the embedded defaults run).
@@ -70,11 +71,12 @@ pub struct ConfigStream {
 impl ConfigStream {
     /// A stream to be opened at the first tick.
     pub fn new(settings: ControlPlaneSettings, node_id: String) -> Self {
+        let backoff = Backoff::new(settings.initial_backoff, settings.max_backoff);
         ConfigStream {
             settings,
             node_id,
             phase: Phase::Waiting { retry_at: 0 },
-            failures: 0,
+            backoff,
             opened_before: false,
             version: String::new(),
         }
@@ -161,7 +163,7 @@ impl ConfigStream {
         if self.phase != (Phase::Open { token }) {
             return;
         }
-        self.failures = 0;
+        self.backoff.reset();
         let response = match ConfigResponse::decode(message) {
             Ok(response) => response,
             Err(error) => {
@@ -240,33 +242,11 @@ impl ConfigStream {
     }
 
     fn retry_later(&mut self, vm: &VmState, now: u64) {
-        let delay_ms = backoff_millis(
-            millis(self.settings.initial_backoff),
-            millis(self.settings.max_backoff),
-            self.failures,
-            vm.random_u64(),
-        );
-        self.failures = self.failures.saturating_add(1);
+        let delay = self.backoff.next_delay(unit_interval(vm.random_u64()));
         self.phase = Phase::Waiting {
-            retry_at: now.saturating_add(delay_ms.saturating_mul(1_000_000)),
+            retry_at: now.saturating_add(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX)),
         };
     }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Exponential backoff (`initial · 2^failures`, capped at `max`) with jitter:
-/// uniform in the upper half, `[d/2, d]`, so clients that lost the control plane
-/// together do not come back together.
-pub fn backoff_millis(initial: u64, max: u64, failures: u32, random: u64) -> u64 {
-    let initial = initial.max(1);
-    let max = max.max(initial);
-    let doubled = initial.saturating_mul(1u64 << failures.min(32));
-    let ceiling = doubled.min(max);
-    let floor = ceiling / 2;
-    floor + random % (ceiling - floor + 1)
 }
 
 #[cfg(test)]

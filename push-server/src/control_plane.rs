@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use sidestream_core::backoff::Backoff;
+
 use crate::state::AppState;
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
@@ -20,22 +22,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Follows the control plane at `endpoint` forever.
 pub async fn follow(state: Arc<AppState>, endpoint: String, cluster: String) {
-    let mut backoff = INITIAL_BACKOFF;
+    let mut backoff = Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF);
     // The version in force, named again when the stream is re-opened.
     let mut version = String::new();
     loop {
         match session(&state, &endpoint, &cluster, &mut version).await {
             Ok(()) => {
                 tracing::info!(endpoint, "Control plane closed the config stream");
-                backoff = INITIAL_BACKOFF;
+                backoff.reset();
             }
             Err(error) => {
                 tracing::warn!(endpoint, error = %error, "Config stream failed; keeping the last good topics")
             }
         }
-        let jitter = rand::random_range(0..=backoff.as_millis() as u64 / 2);
-        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
     }
 }
 

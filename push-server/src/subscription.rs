@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use sidestream_core::backoff::Backoff;
 use sidestream_core::config::TopicSettings;
 use tokio::sync::mpsc;
 
@@ -144,7 +145,9 @@ pub struct Subscription {
     held_peak: usize,
     fetch: Option<PageFetch>,
     retry: Option<Pin<Box<tokio::time::Sleep>>>,
-    retry_delay: Duration,
+    /// Replay page retries after broker errors: jittered, so streams that
+    /// replay through the same Redis blip do not retry in step.
+    retry_backoff: Backoff,
     finished: bool,
 }
 
@@ -175,7 +178,7 @@ impl Subscription {
             held_peak: 0,
             fetch: None,
             retry: None,
-            retry_delay: PAGE_RETRY_INITIAL,
+            retry_backoff: Backoff::new(PAGE_RETRY_INITIAL, PAGE_RETRY_MAX),
             finished: false,
         })
     }
@@ -416,14 +419,14 @@ impl Subscription {
             };
             match result {
                 Ok(page) => {
-                    self.retry_delay = PAGE_RETRY_INITIAL;
+                    self.retry_backoff.reset();
                     self.take_page(index, page);
                     return Some(Poll::Ready(()));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, topic = %topic, retry_ms = self.retry_delay.as_millis() as u64, "Cannot read a replay page; retrying");
-                    self.retry = Some(Box::pin(tokio::time::sleep(self.retry_delay)));
-                    self.retry_delay = (self.retry_delay * 2).min(PAGE_RETRY_MAX);
+                    let delay = self.retry_backoff.next_delay(rand::random::<f64>());
+                    tracing::warn!(%error, topic = %topic, retry_ms = delay.as_millis() as u64, "Cannot read a replay page; retrying");
+                    self.retry = Some(Box::pin(tokio::time::sleep(delay)));
                 }
             }
         }

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Script, Value};
+use sidestream_core::backoff::Backoff;
 use sidestream_core::config::TopicSettings;
 use tokio::sync::Notify;
 
@@ -500,20 +501,19 @@ async fn reader_connection(
 
 /// Follows the watched streams and dispatches new entries to the hub.
 async fn read_loop(client: Client, prefix: String, state: Arc<ReaderState>, hub: Arc<Hub>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut conn: Option<MultiplexedConnection> = None;
     loop {
         let connection = match &mut conn {
             Some(c) => c,
             None => match reader_connection(&client, &state).await {
                 Ok(c) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     conn.insert(c)
                 }
                 Err(error) => {
                     tracing::warn!(%error, "Redis reader cannot connect; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
                     continue;
                 }
             },
@@ -549,8 +549,7 @@ async fn read_loop(client: Client, prefix: String, state: Arc<ReaderState>, hub:
                 if error.code() != Some("UNBLOCKED") {
                     tracing::warn!(%error, "Redis XREAD failed; reconnecting");
                     conn = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
                 }
                 continue;
             }
