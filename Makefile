@@ -3,14 +3,20 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 WASM := target/wasm32-wasip1/wasm-release/sidestream_filter.wasm
+WASM_IMAGE := target/wasm-image/sidestream-filter.oci.tar
+# Where the filter's image will be pushed (make wasm-image IMAGE=...).
+IMAGE ?= example.invalid/sidestream/sidestream-filter:0.1.0
 
-.PHONY: istio-sha help deps deps-run deps-bench filter build lint test unit-test integration-test run bench schema clean
+.PHONY: istio-sha wasm-image help deps deps-run deps-bench filter build lint test unit-test integration-test run bench schema clean
 
 help:
 	@echo "make run    start the whole stack on loopback (etcd, control plane, Redis, push servers, Envoy + filter)"
 	@echo "make test   install what is missing, build everything, run every test"
 	@echo "make bench  run the benchmarks and rewrite BENCHMARKS.md"
 	@echo "make filter build the Wasm filter to $(WASM)"
+	@echo "make wasm-image [IMAGE=registry/repository:tag]"
+	@echo "           pack it as an OCI image (Istio's Wasm image format) to $(WASM_IMAGE)"
+	@echo "           and pin istio/wasm-plugin-sidestream.yaml to oci://IMAGE by its digest"
 
 deps:
 	@scripts/install-deps.sh test
@@ -54,6 +60,13 @@ bench: deps-bench filter
 ## Fill istio/wasm-plugin's sha256 from the built module: make istio-sha URL=https://...
 istio-sha: filter
 	scripts/istio-sha.sh --write "$(URL)"
+
+## The filter as an OCI image in Istio's Wasm image format (compat variant), as
+## an OCI archive; the WasmPlugin then loads oci://$(IMAGE), pinned by the
+## image's manifest digest. Push it with skopeo, oras or crane (docs/istio.md).
+wasm-image: filter
+	cargo run -q -p sidestream-wasm-image -- --module $(WASM) --out $(WASM_IMAGE) --image "$(IMAGE)"
+	WASM_IMAGE=$(WASM_IMAGE) scripts/istio-sha.sh --write "oci://$(IMAGE)"
 
 clean:
 	cargo clean

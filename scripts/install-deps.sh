@@ -22,7 +22,8 @@ npm_dirs=()
 for p in "${profiles[@]}"; do
   case "$p" in
     build|run) ;;
-    test) apt_pkgs+=(chromium chromium-driver); pip_pkgs+=(kubernetes-validate); npm_dirs+=(tests/istio-crds) ;;
+    # skopeo and docker-registry: the filter's OCI image read back and pushed (tests/tests/wasm_image.rs)
+    test) apt_pkgs+=(chromium chromium-driver skopeo docker-registry); pip_pkgs+=(kubernetes-validate); npm_dirs+=(tests/istio-crds) ;;
     bench) apt_pkgs+=(wrk nghttp2-client libnginx-mod-nchan nginx-light pushpin) ;;
     *) echo "install-deps: unknown profile '$p' (build, test, run, bench)" >&2; exit 64 ;;
   esac
@@ -40,7 +41,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts these as system services on install; sidestream runs its own
   # instances on chosen ports, so the system ones only get in the way.
-  for svc in etcd redis-server nginx pushpin; do
+  for svc in etcd redis-server nginx pushpin docker-registry; do
     if command -v systemctl >/dev/null 2>&1; then "${sudo_cmd[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
     "${sudo_cmd[@]}" service "$svc" stop >/dev/null 2>&1 || true
   done
