@@ -20,9 +20,15 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use bootstrap::{ControlPlaneSettings, FilterBootstrap, RawControlPlane, RawFilterBootstrap};
+pub use bootstrap::{
+    ControlPlaneSettings, FilterBootstrap, LimiterSettings, RawControlPlane, RawFilterBootstrap,
+    RawLimiter,
+};
 pub use error::{ConfigError, KeyError, Problem};
-pub use limit::{LimitKey, RawLimitKey, RawStreamLimitPolicy, StreamLimitPolicy};
+pub use limit::{
+    LimitKey, LimitScope, MeshFallback, MeshSettings, RawLimitKey, RawMeshSettings,
+    RawStreamLimitPolicy, StreamLimitPolicy, DEFAULT_MESH_TIMEOUT_MS, MESH_TIMEOUT_MS,
+};
 pub use release::{
     PercentSource, RawPercentRule, RawPercentSource, RawReleasePolicy, RawReleaseRule, RawSticky,
     RawTenantRule, RawValueRule, ReleasePolicy, ReleaseRule, Sticky, ValueMatch,

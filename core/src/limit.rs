@@ -2,6 +2,7 @@
 //! and the per-key token bucket plus concurrent-stream count. Integer
 //! arithmetic only (micro-tokens, nanoseconds); time is passed in.
 
+pub mod mesh;
 #[cfg(test)]
 mod tests;
 

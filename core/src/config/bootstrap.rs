@@ -20,6 +20,11 @@ pub struct RawFilterBootstrap {
     /// defaults only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<RawControlPlane>,
+    /// Where mesh-scoped stream-limit policies ask; absent means such
+    /// policies always apply their fallback (the embedded defaults may then
+    /// not hold one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limiter: Option<RawLimiter>,
     /// What to do on host-call failures the policies' own failMode does not
     /// cover: `open` lets the request through, `closed` refuses it.
     #[serde(default)]
@@ -60,6 +65,20 @@ fn default_max_backoff() -> u64 {
     30_000
 }
 
+/// The connection to sidestream-limiter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawLimiter {
+    /// The Envoy cluster (HTTP/2) of sidestream-limiter.
+    pub cluster: String,
+}
+
+/// The validated limiter connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimiterSettings {
+    pub cluster: String,
+}
+
 /// The validated control-plane connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlPlaneSettings {
@@ -75,6 +94,7 @@ pub struct ControlPlaneSettings {
 pub struct FilterBootstrap {
     pub node_id: String,
     pub control_plane: Option<ControlPlaneSettings>,
+    pub limiter: Option<LimiterSettings>,
     pub fail_mode: FailMode,
     pub defaults: Snapshot,
 }
@@ -86,6 +106,8 @@ struct LooseBootstrap {
     node_id: String,
     #[serde(default)]
     control_plane: Option<RawControlPlane>,
+    #[serde(default)]
+    limiter: Option<RawLimiter>,
     #[serde(default)]
     fail_mode: FailMode,
     #[serde(default)]
@@ -128,7 +150,7 @@ impl FilterBootstrap {
             );
         }
         let control_plane = loose.control_plane.map(|cp| {
-            if cp.cluster.is_empty() || cp.cluster.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            if !is_cluster_name(&cp.cluster) {
                 problems.push(
                     "controlPlane.cluster",
                     format!("'{}' is not a cluster name", cp.cluster),
@@ -156,17 +178,37 @@ impl FilterBootstrap {
                 max_backoff: Duration::from_millis(cp.max_backoff_ms),
             }
         });
+        let limiter = loose.limiter.map(|limiter| {
+            if !is_cluster_name(&limiter.cluster) {
+                problems.push(
+                    "limiter.cluster",
+                    format!("'{}' is not a cluster name", limiter.cluster),
+                );
+            }
+            LimiterSettings {
+                cluster: limiter.cluster,
+            }
+        });
         let defaults = match loose.defaults {
             Some(value) if !value.is_null() => {
                 Snapshot::from_value_into(value, &join_path("", "defaults"), &mut problems)
             }
             _ => Snapshot::default(),
         };
+        if limiter.is_none() {
+            for policy in defaults.stream_limits.iter().filter(|p| p.mesh.is_some()) {
+                problems.push(
+                    format!("defaults.streamLimits.{}.scope", policy.name),
+                    "mesh needs the limiter's cluster (limiter.cluster); without it the policy could only ever apply its fallback",
+                );
+            }
+        }
         problems.finish(
             "filter bootstrap",
             FilterBootstrap {
                 node_id: loose.node_id,
                 control_plane,
+                limiter,
                 fail_mode: loose.fail_mode,
                 defaults,
             },
@@ -184,8 +226,16 @@ impl FilterBootstrap {
                     .unwrap_or(u64::MAX),
                 max_backoff_ms: u64::try_from(cp.max_backoff.as_millis()).unwrap_or(u64::MAX),
             }),
+            limiter: self.limiter.as_ref().map(|limiter| RawLimiter {
+                cluster: limiter.cluster.clone(),
+            }),
             fail_mode: self.fail_mode,
             defaults: self.defaults.to_raw(),
         }
     }
+}
+
+/// An Envoy cluster name: visible ASCII, at least one character.
+fn is_cluster_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| (0x21..0x7f).contains(&b))
 }

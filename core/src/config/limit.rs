@@ -1,5 +1,7 @@
 //! StreamLimitPolicy (`v1/stream-limits/<name>`). The bucket lives in `crate::limit`.
 
+use std::time::Duration;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +45,102 @@ pub struct RawStreamLimitPolicy {
     /// stream through, `closed` refuses it.
     #[serde(default)]
     pub fail_mode: FailMode,
+    /// Where the limits hold: `envoy` (each Envoy keeps its own buckets in
+    /// shared data, no network hop) or `mesh` (every Envoy asks
+    /// sidestream-limiter, so the limits hold across all of them).
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// Settings of a `mesh`-scoped policy (absent: the defaults); only with
+    /// `scope: mesh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<RawMeshSettings>,
+}
+
+/// Where a stream-limit policy's limits hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LimitScope {
+    /// Per Envoy: buckets in the Envoy's shared data.
+    #[default]
+    Envoy,
+    /// Mesh-wide: buckets in sidestream-limiter (Redis).
+    Mesh,
+}
+
+impl LimitScope {
+    /// `envoy` or `mesh`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Envoy => "envoy",
+            LimitScope::Mesh => "mesh",
+        }
+    }
+}
+
+/// How a mesh-scoped policy asks the limiter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawMeshSettings {
+    /// What applies when the limiter does not answer within `timeoutMs` or
+    /// answers with an error: `local` (this policy's limits in the Envoy's
+    /// shared data), `refuse` (503, like failMode closed) or `admit`.
+    #[serde(default)]
+    pub fallback: MeshFallback,
+    /// How long a stream open waits for the limiter, 1..=5000 milliseconds.
+    #[serde(default = "default_mesh_timeout_ms")]
+    #[schemars(range(min = 1, max = 5000))]
+    pub timeout_ms: u64,
+}
+
+fn default_mesh_timeout_ms() -> u64 {
+    DEFAULT_MESH_TIMEOUT_MS
+}
+
+impl Default for RawMeshSettings {
+    fn default() -> Self {
+        RawMeshSettings {
+            fallback: MeshFallback::default(),
+            timeout_ms: DEFAULT_MESH_TIMEOUT_MS,
+        }
+    }
+}
+
+/// What applies to a stream of a mesh-scoped policy when the limiter gives
+/// no usable answer in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MeshFallback {
+    /// The policy's own limits, kept per Envoy as for `scope: envoy`.
+    #[default]
+    Local,
+    /// Refuse the stream (503, as failMode closed does).
+    Refuse,
+    /// Let the stream through, uncounted.
+    Admit,
+}
+
+impl MeshFallback {
+    /// `local`, `refuse` or `admit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeshFallback::Local => "local",
+            MeshFallback::Refuse => "refuse",
+            MeshFallback::Admit => "admit",
+        }
+    }
+}
+
+/// The default of `mesh.timeoutMs`.
+pub const DEFAULT_MESH_TIMEOUT_MS: u64 = 50;
+/// The bounds of `mesh.timeoutMs`.
+pub const MESH_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1..=5000;
+
+/// A mesh-scoped policy's settings (validated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshSettings {
+    pub fallback: MeshFallback,
+    /// 1 ms..=5 s.
+    pub timeout: Duration,
 }
 
 fn default_stream_kinds() -> Vec<StreamKind> {
@@ -88,6 +186,9 @@ pub struct StreamLimitPolicy {
     pub burst: u32,
     pub max_concurrent: Option<u32>,
     pub fail_mode: FailMode,
+    /// `Some` for a mesh-scoped policy (the limiter decides), `None` for an
+    /// Envoy-scoped one.
+    pub mesh: Option<MeshSettings>,
 }
 
 const MAX_BURST: u32 = 1_000_000;
@@ -162,6 +263,34 @@ impl StreamLimitPolicy {
                 );
             }
         }
+        let mesh = match (raw.scope, raw.mesh) {
+            (LimitScope::Envoy, None) => None,
+            (LimitScope::Envoy, Some(_)) => {
+                problems.push(
+                    "mesh",
+                    "mesh settings need scope: mesh (this policy's scope is envoy)",
+                );
+                None
+            }
+            (LimitScope::Mesh, settings) => {
+                let settings = settings.unwrap_or_default();
+                if !MESH_TIMEOUT_MS.contains(&settings.timeout_ms) {
+                    problems.push(
+                        "mesh.timeoutMs",
+                        format!(
+                            "{} is not within {}..={} milliseconds",
+                            settings.timeout_ms,
+                            MESH_TIMEOUT_MS.start(),
+                            MESH_TIMEOUT_MS.end()
+                        ),
+                    );
+                }
+                Some(MeshSettings {
+                    fallback: settings.fallback,
+                    timeout: Duration::from_millis(settings.timeout_ms),
+                })
+            }
+        };
         problems.into_result(StreamLimitPolicy {
             name: name.to_owned(),
             route,
@@ -173,6 +302,7 @@ impl StreamLimitPolicy {
             burst: raw.burst,
             max_concurrent: raw.max_concurrent,
             fail_mode: raw.fail_mode,
+            mesh,
         })
     }
 
@@ -190,6 +320,20 @@ impl StreamLimitPolicy {
             burst: self.burst,
             max_concurrent: self.max_concurrent,
             fail_mode: self.fail_mode,
+            scope: self.scope(),
+            mesh: self.mesh.map(|mesh| RawMeshSettings {
+                fallback: mesh.fallback,
+                timeout_ms: u64::try_from(mesh.timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
+    /// `mesh` when the limiter decides, else `envoy`.
+    pub fn scope(&self) -> LimitScope {
+        if self.mesh.is_some() {
+            LimitScope::Mesh
+        } else {
+            LimitScope::Envoy
         }
     }
 }

@@ -51,8 +51,16 @@ fn limit_spec() -> serde_json::Value {
         "streamKinds": ["sse", "websocket"],
         "key": { "source": "header", "name": "x-tenant-id" },
         "newStreamsPerSecond": 5, "burst": 5, "maxConcurrent": 20,
-        "failMode": "open"
+        "failMode": "open",
+        "scope": "envoy"
     })
+}
+
+fn mesh_limit_spec() -> serde_json::Value {
+    let mut spec = limit_spec();
+    spec["scope"] = json!("mesh");
+    spec["mesh"] = json!({ "fallback": "refuse", "timeoutMs": 80 });
+    spec
 }
 
 #[test]
@@ -65,6 +73,7 @@ fn contract_examples_parse() {
         (Kind::Trace, "default", trace),
         (Kind::Release, "push", release_spec()),
         (Kind::StreamLimit, "tenant-streams", limit_spec()),
+        (Kind::StreamLimit, "mesh-streams", mesh_limit_spec()),
         (Kind::Topic, "ticker", topic),
     ] {
         let item =
@@ -444,6 +453,115 @@ fn snapshot_only_keeps_kinds() {
     assert_eq!(push.topics.len(), 1);
     assert!(push.releases.is_empty() && push.stream_limits.is_empty());
     assert_eq!(push.trace, TraceSettings::default());
+}
+
+#[test]
+fn mesh_scope_is_validated() {
+    let parse = |spec: serde_json::Value| parse_spec_value(Kind::StreamLimit, "m", spec);
+    let Item::StreamLimit(p) = parse(mesh_limit_spec()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(p.scope(), LimitScope::Mesh);
+    assert_eq!(
+        p.mesh,
+        Some(MeshSettings {
+            fallback: MeshFallback::Refuse,
+            timeout: std::time::Duration::from_millis(80)
+        })
+    );
+    // `scope: mesh` alone takes the defaults, written out in the canonical form.
+    let item = parse(json!({ "newStreamsPerSecond": 1, "burst": 1, "scope": "mesh" })).unwrap();
+    let Item::StreamLimit(p) = &item else {
+        panic!()
+    };
+    assert_eq!(
+        p.mesh,
+        Some(MeshSettings {
+            fallback: MeshFallback::Local,
+            timeout: std::time::Duration::from_millis(DEFAULT_MESH_TIMEOUT_MS)
+        })
+    );
+    assert_eq!(
+        item.to_spec()["mesh"],
+        json!({ "fallback": "local", "timeoutMs": 50 })
+    );
+    // The default scope is envoy, with no mesh settings.
+    let Item::StreamLimit(p) = parse(json!({ "newStreamsPerSecond": 1, "burst": 1 })).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((p.scope(), p.mesh), (LimitScope::Envoy, None));
+
+    let e = parse(json!({ "newStreamsPerSecond": 1, "burst": 1,
+                          "mesh": { "fallback": "admit" } }))
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "stream limit policy 'm': mesh: mesh settings need scope: mesh (this policy's scope is envoy)"
+    );
+    for timeout in [0, 5001] {
+        let e = parse(
+            json!({ "newStreamsPerSecond": 1, "burst": 1, "scope": "mesh",
+                              "mesh": { "timeoutMs": timeout } }),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "stream limit policy 'm': mesh.timeoutMs: {timeout} is not within 1..=5000 milliseconds"
+            )
+        );
+    }
+    let e = parse(json!({ "newStreamsPerSecond": 1, "burst": 1, "scope": "global" })).unwrap_err();
+    assert_eq!(fields(&e), ["scope"], "{e}");
+    assert!(e.to_string().contains("global"), "{e}");
+    let e = parse(
+        json!({ "newStreamsPerSecond": 1, "burst": 1, "scope": "mesh",
+                          "mesh": { "fallback": "open" } }),
+    )
+    .unwrap_err();
+    assert_eq!(fields(&e), ["mesh.fallback"], "{e}");
+    let e = parse(
+        json!({ "newStreamsPerSecond": 1, "burst": 1, "scope": "mesh",
+                          "mesh": { "timeout": "50ms" } }),
+    )
+    .unwrap_err();
+    assert_eq!(fields(&e), ["mesh.timeout"], "{e}");
+}
+
+#[test]
+fn bootstrap_names_the_limiter() {
+    let mesh_defaults = json!({ "streamLimits": { "tenant-streams": mesh_limit_spec() } });
+    let json = json!({
+        "limiter": { "cluster": "sidestream-limiter" },
+        "defaults": mesh_defaults
+    });
+    let b = FilterBootstrap::from_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+    assert_eq!(
+        b.limiter,
+        Some(LimiterSettings {
+            cluster: "sidestream-limiter".to_owned()
+        })
+    );
+    let again = FilterBootstrap::from_json(&serde_json::to_vec(&b.to_raw()).unwrap()).unwrap();
+    assert_eq!(again, b);
+    // Embedded mesh-scoped defaults without a limiter could only fall back.
+    let e = FilterBootstrap::from_json(
+        &serde_json::to_vec(&json!({ "defaults": mesh_defaults })).unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "filter bootstrap: defaults.streamLimits.tenant-streams.scope: mesh needs the limiter's \
+         cluster (limiter.cluster); without it the policy could only ever apply its fallback"
+    );
+    let e = FilterBootstrap::from_json(br#"{"limiter": {"cluster": "two words"}}"#).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "filter bootstrap: limiter.cluster: 'two words' is not a cluster name"
+    );
+    let e = FilterBootstrap::from_json(br#"{"limiter": {}}"#).unwrap_err();
+    assert_eq!(fields(&e), ["limiter"], "{e}");
 }
 
 #[test]
