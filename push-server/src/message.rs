@@ -128,9 +128,26 @@ pub struct Message {
     pub traceparent: Option<Box<str>>,
     /// The SSE event with its id line: what a one-topic SSE stream writes.
     sse_frame: Bytes,
-    /// Where the id line ends in `sse_frame`.
+    /// Where the id line ends in `sse_frame` (and in `sse_topic_frame`).
     sse_body_start: usize,
+    /// The SSE event named by its topic ([`SseEventNames::Topic`]), built on
+    /// first use and shared like `sse_frame`.
+    sse_topic_frame: OnceLock<Bytes>,
     ws_frame: OnceLock<Bytes>,
+}
+
+/// What an SSE stream writes in each message's `event:` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SseEventNames {
+    /// The publisher's event name, none when it gave none (a browser then
+    /// dispatches the event as `message`). What a stream writes unless it
+    /// asks otherwise.
+    #[default]
+    Published,
+    /// The topic's name, or `<topic>:<event>` for a message published with
+    /// an event name (topic names cannot hold `:`), so a browser
+    /// `EventSource` on several topics listens per topic.
+    Topic,
 }
 
 impl Message {
@@ -160,18 +177,40 @@ impl Message {
             traceparent,
             sse_frame: frame.freeze(),
             sse_body_start,
+            sse_topic_frame: OnceLock::new(),
             ws_frame: OnceLock::new(),
         }
     }
 
-    /// The complete SSE event (`id`, `event`, `data` lines and the blank line).
-    pub fn sse_frame(&self) -> Bytes {
-        self.sse_frame.clone()
+    /// The complete SSE event (`id`, `event`, `data` lines and the blank
+    /// line) with its events named by `names`: what a one-topic stream writes.
+    pub fn sse_frame(&self, names: SseEventNames) -> Bytes {
+        match names {
+            SseEventNames::Published => self.sse_frame.clone(),
+            SseEventNames::Topic => self
+                .sse_topic_frame
+                .get_or_init(|| self.build_topic_frame())
+                .clone(),
+        }
     }
 
     /// The SSE event without its id line (multi-topic streams write their own id).
-    pub fn sse_body(&self) -> Bytes {
-        self.sse_frame.slice(self.sse_body_start..)
+    pub fn sse_body(&self, names: SseEventNames) -> Bytes {
+        self.sse_frame(names).slice(self.sse_body_start..)
+    }
+
+    /// The SSE event named `<topic>` or `<topic>:<event>`, with the same id line.
+    fn build_topic_frame(&self) -> Bytes {
+        let event = self.event.as_deref();
+        let name_len = self.topic.len() + event.map_or(0, |e| e.len() + 1);
+        let mut frame = BytesMut::with_capacity(self.sse_frame.len() + name_len + 8);
+        frame.put_slice(&self.sse_frame[..self.sse_body_start]);
+        let name = match event {
+            Some(event) => format!("{}:{event}", self.topic),
+            None => self.topic.to_string(),
+        };
+        write_sse_fields(&mut frame, Some(&name), &self.data);
+        frame.freeze()
     }
 
     /// The WebSocket JSON text frame, built on first use and shared.
@@ -301,11 +340,11 @@ mod tests {
             None,
         );
         assert_eq!(
-            &message.sse_frame()[..],
+            &message.sse_frame(SseEventNames::Published)[..],
             b"id: a-2\nevent: tick\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
         );
         assert_eq!(
-            &message.sse_body()[..],
+            &message.sse_body(SseEventNames::Published)[..],
             b"event: tick\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
         );
         let empty = Message::new(
@@ -319,6 +358,60 @@ mod tests {
             0,
             None,
         );
-        assert_eq!(&empty.sse_frame()[..], b"id: 1-1\ndata: \n\n");
+        assert_eq!(
+            &empty.sse_frame(SseEventNames::Published)[..],
+            b"id: 1-1\ndata: \n\n"
+        );
+    }
+
+    #[test]
+    fn topic_named_frames_are_built_once_and_shared() {
+        let typed = Message::new(
+            Arc::from("prices.eu"),
+            MessageId {
+                epoch: Epoch(10),
+                seq: 2,
+            },
+            Some("tick".into()),
+            Bytes::from_static(b"1\n2"),
+            0,
+            None,
+        );
+        let frame = typed.sse_frame(SseEventNames::Topic);
+        assert_eq!(
+            &frame[..],
+            b"id: a-2\nevent: prices.eu:tick\ndata: 1\ndata: 2\n\n"
+        );
+        assert_eq!(
+            &typed.sse_body(SseEventNames::Topic)[..],
+            b"event: prices.eu:tick\ndata: 1\ndata: 2\n\n"
+        );
+        // Every subscriber gets the same bytes, not a copy of its own.
+        let again = typed.sse_frame(SseEventNames::Topic);
+        assert_eq!(frame.as_ptr(), again.as_ptr());
+        assert_eq!(
+            typed.sse_body(SseEventNames::Topic).as_ptr(),
+            typed.sse_body(SseEventNames::Topic).as_ptr()
+        );
+        // The publisher-named frame is untouched.
+        assert_eq!(
+            &typed.sse_frame(SseEventNames::Published)[..],
+            b"id: a-2\nevent: tick\ndata: 1\ndata: 2\n\n"
+        );
+        let untyped = Message::new(
+            Arc::from("news"),
+            MessageId {
+                epoch: Epoch(1),
+                seq: 7,
+            },
+            None,
+            Bytes::from_static(b"hello"),
+            0,
+            None,
+        );
+        assert_eq!(
+            &untyped.sse_frame(SseEventNames::Topic)[..],
+            b"id: 1-7\nevent: news\ndata: hello\n\n"
+        );
     }
 }

@@ -7,6 +7,12 @@
 //! jittered `retry`) or `sidestream.disconnect` (`{"reason":"slow-consumer"}`).
 //! `Last-Event-ID` (header, or the `lastEventId` query parameter) resumes every
 //! topic; see [`crate::event_id`] for the id format.
+//!
+//! `eventName=topic` names each message event by its topic (`<topic>`, or
+//! `<topic>:<event>` when the publisher named the event), so a browser
+//! `EventSource` on several topics listens per topic; control events keep
+//! their `sidestream.*` names. Without it (or with `eventName=published`) the
+//! output is the publisher's event name, as it always was.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -28,11 +34,49 @@ use super::{header, request_span, token, QueryParams};
 use crate::error::PushError;
 use crate::event_id;
 use crate::hub::ConnectionControl;
+use crate::message::SseEventNames;
 use crate::metrics::Transport;
 use crate::state::AppState;
 use crate::subscription::{Event, Subscription};
 
 const HEARTBEAT: &[u8] = b":\n\n";
+
+/// The query parameter choosing what `event:` holds.
+pub const EVENT_NAME_PARAM: &str = "eventName";
+
+/// Topics that cannot name events: the server's own control events and the
+/// events an `EventSource` dispatches itself.
+fn reserved_event_name(topic: &str) -> bool {
+    topic.starts_with("sidestream.") || topic == "open" || topic == "error"
+}
+
+/// Reads `eventName` for a stream of `topics`.
+fn event_names(query: &QueryParams, topics: &[&str]) -> Result<SseEventNames, PushError> {
+    let mut values = query.all(EVENT_NAME_PARAM);
+    let names = match values.next() {
+        None | Some("published") => SseEventNames::Published,
+        Some("topic") => SseEventNames::Topic,
+        Some(other) => {
+            return Err(PushError::BadRequest(format!(
+                "{EVENT_NAME_PARAM} '{}' is not 'published' or 'topic'",
+                other.chars().take(80).collect::<String>()
+            )))
+        }
+    };
+    if values.next().is_some() {
+        return Err(PushError::BadRequest(format!(
+            "{EVENT_NAME_PARAM} is given more than once"
+        )));
+    }
+    if names == SseEventNames::Topic {
+        if let Some(topic) = topics.iter().find(|t| reserved_event_name(t)) {
+            return Err(PushError::BadRequest(format!(
+                "topic '{topic}' cannot name events ('sidestream.*', 'open' and 'error' are reserved); subscribe to it without {EVENT_NAME_PARAM}=topic"
+            )));
+        }
+    }
+    Ok(names)
+}
 
 pub async fn events(
     State(state): State<Arc<AppState>>,
@@ -71,15 +115,20 @@ pub async fn open(
     let subscription = subscribe(state, connection, query, headers)
         .instrument(span.clone())
         .await;
-    let subscription = match subscription {
-        Ok(subscription) => subscription,
+    let (subscription, names) = match subscription {
+        Ok(subscribed) => subscribed,
         Err(error) => {
             span.in_scope(|| tracing::info!(error = %error, "SSE subscribe refused"));
             return Err(error);
         }
     };
     let retry = u64::try_from(state.settings.retry.as_millis()).unwrap_or(u64::MAX);
-    Ok(SseBody::new(subscription, state.settings.heartbeat, retry))
+    Ok(SseBody::new(
+        subscription,
+        names,
+        state.settings.heartbeat,
+        retry,
+    ))
 }
 
 async fn subscribe(
@@ -87,7 +136,7 @@ async fn subscribe(
     connection: Option<Arc<ConnectionControl>>,
     query: &QueryParams,
     headers: &HeaderMap,
-) -> Result<Subscription, PushError> {
+) -> Result<(Subscription, SseEventNames), PushError> {
     let topics: Vec<&str> = query.all("topic").collect();
     if topics.is_empty() {
         return Err(PushError::BadRequest(
@@ -102,6 +151,7 @@ async fn subscribe(
             )));
         }
     }
+    let names = event_names(query, &topics)?;
     let bearer = token(headers, query);
     for topic in &topics {
         let settings = state.topics.get(topic)?;
@@ -120,13 +170,14 @@ async fn subscribe(
             .add(topic, positions.as_ref().map(|p| p[i]))
             .await?;
     }
-    tracing::debug!(topics = ?topics, resumed = last_event_id.is_some(), "SSE subscribed");
-    Ok(subscription)
+    tracing::debug!(topics = ?topics, resumed = last_event_id.is_some(), ?names, "SSE subscribed");
+    Ok((subscription, names))
 }
 
 /// The response body: frames straight from the subscription, no intermediate stream.
 pub struct SseBody {
     subscription: Subscription,
+    names: SseEventNames,
     heartbeat: Interval,
     /// The second half of an event (multi-topic streams write the id line first).
     next: Option<Bytes>,
@@ -135,12 +186,18 @@ pub struct SseBody {
 }
 
 impl SseBody {
-    fn new(subscription: Subscription, heartbeat: Duration, retry_ms: u64) -> SseBody {
+    fn new(
+        subscription: Subscription,
+        names: SseEventNames,
+        heartbeat: Duration,
+        retry_ms: u64,
+    ) -> SseBody {
         let heartbeat = heartbeat.max(Duration::from_millis(10));
         let mut interval = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         SseBody {
             subscription,
+            names,
             heartbeat: interval,
             next: None,
             start: Some(Bytes::from(format!("retry: {retry_ms}\n\n"))),
@@ -207,7 +264,7 @@ impl http_body::Body for SseBody {
                 Poll::Ready(Some(Event::Message { message, .. })) => {
                     let depth = this.subscription.queued();
                     if this.subscription.cursors().len() == 1 {
-                        let frame = message.sse_frame();
+                        let frame = message.sse_frame(this.names);
                         this.subscription.state().delivered(
                             Transport::Sse,
                             &message,
@@ -217,7 +274,7 @@ impl http_body::Body for SseBody {
                         return this.frame(frame);
                     }
                     let id = this.id_line().freeze();
-                    let body = message.sse_body();
+                    let body = message.sse_body(this.names);
                     this.subscription.state().delivered(
                         Transport::Sse,
                         &message,
