@@ -4,6 +4,9 @@
 //! it mid-stream (SIGKILL: every connection cut; run-stack.sh restarts it)
 //! while messages keep being published; the browser reconnects with its last
 //! event id, and the page has received every message exactly once, in order.
+//!
+//! And a browser `EventSource` on two topics of one push server, opened with
+//! `eventName=topic`, tells the topics apart by event name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -12,6 +15,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sidestream_tests::assert_eventually;
 use sidestream_tests::browser::Chromium;
+use sidestream_tests::push::PushServer;
+use sidestream_tests::run_dir;
 use sidestream_tests::stack::Stack;
 
 const TOPIC: &str = "browser-e2e";
@@ -188,4 +193,84 @@ async fn live_ticker_page_resumes_exactly_once_after_the_push_server_is_killed()
         resumes_after >= 1.0,
         "the restarted push server resumed the browser from its last event id (resumes: {resumes_after})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_source_on_two_topics_tells_them_apart_by_event_name() {
+    let dir = run_dir("browser-event-names").expect("run dir");
+    let push = PushServer::start("push", &dir, &[])
+        .await
+        .expect("push server starts");
+    // A page of the push server's origin (any of its URLs will do).
+    let browser = Chromium::open(&format!("{}/healthz/live", push.url()), &dir)
+        .await
+        .expect("Chromium opens the page");
+    let origin = push.url();
+    assert_eventually!(Duration::from_secs(20), "the page is loaded", async {
+        let location = browser
+            .evaluate("document.readyState === 'complete' ? location.origin : ''")
+            .await?;
+        anyhow::ensure!(location == origin.as_str(), "at {location}");
+        Ok(())
+    });
+    let opened = browser
+        .evaluate(
+            r#"new Promise((resolve, reject) => {
+                const seen = window.seen = [];
+                const source = window.source =
+                  new EventSource("/v1/events?topic=prices&topic=news&eventName=topic");
+                // "message" would get events without a name: there must be none.
+                for (const name of ["prices", "news", "prices:tick", "message"]) {
+                  source.addEventListener(name, (e) => seen.push([e.type, e.data, e.lastEventId]));
+                }
+                source.onopen = () => resolve(true);
+                source.onerror = () => reject(new Error("EventSource failed"));
+              })"#,
+        )
+        .await
+        .expect("the EventSource opens");
+    assert_eq!(opened, true);
+
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for (topic, data, event) in [
+        ("prices", "101.5", None),
+        ("news", "markets open", None),
+        ("prices", "102", Some("tick")),
+    ] {
+        let mut url = format!("{}/v1/topics/{topic}/messages", push.url());
+        if let Some(event) = event {
+            url.push_str(&format!("?event={event}"));
+        }
+        let response = client.post(url).body(data).send().await.expect("publish");
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.expect("json");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    let epoch = ids[0].split_once('-').expect("an id").0.to_owned();
+    let seen = assert_eventually!(
+        Duration::from_secs(20),
+        "three events reach the page",
+        async {
+            let seen = browser.evaluate("window.seen").await?;
+            anyhow::ensure!(
+                seen.as_array().is_some_and(|s| s.len() >= 3),
+                "so far {seen}"
+            );
+            Ok(seen)
+        }
+    );
+    assert_eq!(
+        seen,
+        json!([
+            ["prices", "101.5", format!("{epoch}-1.0")],
+            ["news", "markets open", format!("{epoch}-1.1")],
+            ["prices:tick", "102", format!("{epoch}-2.1")],
+        ]),
+        "each event named by its topic (and its publisher's event name)"
+    );
+    browser
+        .evaluate("window.source.close()")
+        .await
+        .expect("close");
 }
