@@ -1,4 +1,5 @@
-//! W3C Trace Context Level 1 (<https://www.w3.org/TR/trace-context/>) and the
+//! W3C Trace Context (<https://www.w3.org/TR/trace-context-2/>, Level 2: the
+//! random trace-id flag and the current `tracestate` key grammar) and the
 //! per-request trace decision.
 
 pub mod b3;
@@ -14,6 +15,13 @@ pub const TRACESTATE: &str = "tracestate";
 
 /// The sampled flag (bit 0 of trace-flags).
 pub const FLAG_SAMPLED: u8 = 0x01;
+
+/// The random trace-id flag (bit 1 of trace-flags, Trace Context Level 2): at
+/// least the right-most 7 bytes of the trace-id were drawn at random.
+pub const FLAG_RANDOM: u8 = 0x02;
+
+/// The flags this implementation knows; it writes every other bit as 0.
+pub const KNOWN_FLAGS: u8 = FLAG_SAMPLED | FLAG_RANDOM;
 
 /// A parsed `traceparent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +60,7 @@ pub enum TraceParentError {
     Flags,
 }
 
-/// Parses `traceparent` exactly as Trace Context Level 1 says:
+/// Parses `traceparent` exactly as Trace Context says (Levels 1 and 2 agree):
 /// `version "-" trace-id "-" parent-id "-" trace-flags`, lowercase hex only;
 /// version `ff` is invalid; version `00` is exactly 55 characters; a higher
 /// version is accepted when its first 55 characters parse as version 00 and
@@ -128,19 +136,24 @@ pub fn parse_traceparent(value: &str) -> Result<TraceParent, TraceParentError> {
 }
 
 impl TraceParent {
-    /// The version-00 header: only the flags version 00 defines (sampled)
-    /// are written, as the spec requires of a version-00 sender.
+    /// The version-00 header: only the flags the spec defines (sampled and
+    /// random) are written; the others are set to 0, as the spec requires.
     pub fn to_header(&self) -> String {
         format!(
             "00-{}-{}-{:02x}",
             hex_lower(&self.trace_id),
             hex_lower(&self.parent_id),
-            self.flags & FLAG_SAMPLED
+            self.flags & KNOWN_FLAGS
         )
     }
 
     pub fn sampled(&self) -> bool {
         self.flags & FLAG_SAMPLED != 0
+    }
+
+    /// The random trace-id flag (Level 2).
+    pub fn random(&self) -> bool {
+        self.flags & FLAG_RANDOM != 0
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -152,7 +165,9 @@ impl TraceParent {
     }
 }
 
-/// A valid `tracestate`: up to 32 list-members, keys unique, in order.
+/// A valid `tracestate`: up to 32 list-members in the order received. A key
+/// may appear more than once: the spec lets a vendor keep duplicates or drop
+/// them, and the filter passes `tracestate` on as it came.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceState {
     entries: Vec<(String, String)>,
@@ -169,42 +184,28 @@ pub enum TraceStateError {
     Key(String),
     #[error("tracestate value '{0}' is invalid")]
     Value(String),
-    #[error("tracestate key '{0}' appears twice")]
-    DuplicateKey(String),
 }
 
 /// The most list-members a tracestate may have.
 pub const MAX_TRACESTATE_MEMBERS: usize = 32;
 
+/// The longest `tracestate` key.
+pub const MAX_TRACESTATE_KEY: usize = 256;
+
+/// `keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"`.
 fn key_char(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/' | b'@')
 }
 
-/// `simple-key = lcalpha 0*255(lcalpha / DIGIT / "_" / "-" / "*" / "/")`,
-/// `multi-tenant-key = tenant-id "@" system-id`,
-/// `tenant-id = (lcalpha / DIGIT) 0*240(...)`, `system-id = lcalpha 0*13(...)`.
+/// `key = (lcalpha / DIGIT) 0*255(keychar)`: the current grammar, where `@`
+/// may appear anywhere but first (the older `tenant@system` split, with its
+/// 241 and 14 character parts, is gone).
 fn valid_key(key: &str) -> bool {
     let b = key.as_bytes();
-    match key.split_once('@') {
-        None => {
-            !b.is_empty()
-                && b.len() <= 256
-                && b[0].is_ascii_lowercase()
-                && b.iter().all(|&c| key_char(c))
-        }
-        Some((tenant, system)) => {
-            let t = tenant.as_bytes();
-            let s = system.as_bytes();
-            !t.is_empty()
-                && t.len() <= 241
-                && (t[0].is_ascii_lowercase() || t[0].is_ascii_digit())
-                && t.iter().all(|&c| key_char(c))
-                && !s.is_empty()
-                && s.len() <= 14
-                && s[0].is_ascii_lowercase()
-                && s.iter().all(|&c| key_char(c))
-        }
-    }
+    b.len() <= MAX_TRACESTATE_KEY
+        && b.first()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.iter().all(|&c| key_char(c))
 }
 
 /// `value = 0*255(chr) nblk-chr`, `nblk-chr = %x21-2B / %x2D-3C / %x3E-7E`,
@@ -218,9 +219,9 @@ fn valid_value(value: &str) -> bool {
         && b.iter().all(|&c| c == b' ' || nblk(c))
 }
 
-/// Parses `tracestate` per Trace Context Level 1: comma-separated
-/// list-members with optional spaces/tabs around them; empty members are
-/// ignored; at most 32 members; keys unique.
+/// Parses `tracestate`: comma-separated list-members with optional spaces
+/// and tabs around them; empty members are ignored; at most 32 members; any
+/// invalid member makes the whole header invalid. Duplicate keys are kept.
 pub fn parse_tracestate(value: &str) -> Result<TraceState, TraceStateError> {
     let mut entries: Vec<(String, String)> = Vec::new();
     let mut count = 0usize;
@@ -245,9 +246,6 @@ pub fn parse_tracestate(value: &str) -> Result<TraceState, TraceStateError> {
         }
         if !valid_value(val) {
             return Err(TraceStateError::Value(val.to_owned()));
-        }
-        if entries.iter().any(|(k, _)| k == key) {
-            return Err(TraceStateError::DuplicateKey(key.to_owned()));
         }
         entries.push((key.to_owned(), val.to_owned()));
     }
@@ -274,6 +272,8 @@ impl TraceState {
         &self.entries
     }
 
+    /// The value of the left-most member named `key` (the most recent
+    /// position, when a key was sent twice).
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries
             .iter()
@@ -359,7 +359,7 @@ pub fn uuid_v4(random: &mut impl FnMut(&mut [u8])) -> String {
 /// Decides the trace context of a request.
 ///
 /// - A valid `traceparent` is continued: same trace id, a new parent-id (this
-///   hop's span id), the sampled flag kept, other flags dropped (version 00).
+///   hop's span id), the sampled and random flags kept, other flags set to 0.
 ///   A valid `tracestate` is left as it is; an invalid one, or one without
 ///   list-members, is removed.
 /// - A present but invalid `traceparent` starts a new trace (`InvalidParent`)
@@ -367,7 +367,9 @@ pub fn uuid_v4(random: &mut impl FnMut(&mut [u8])) -> String {
 /// - With `b3.accept` and no valid `traceparent`, B3 (single, else multi) is
 ///   continued; a B3 sampling-only header decides sampling of a new trace.
 /// - Otherwise a new trace is started from `random`, sampled when a random
-///   u64 is below `sampleRatio × 2^64`.
+///   u64 is below `sampleRatio × 2^64`. A trace id drawn from `random` gets
+///   the random flag (Level 2); one continued from B3 does not (B3 cannot say
+///   how it was made).
 ///
 /// The request id header is set (UUID v4) when absent; with `b3.emit` the
 /// `b3` single header is written and stale `x-b3-*` headers removed.
@@ -402,8 +404,8 @@ pub fn decide<'a>(
         .filter(|v| !v.trim_matches([' ', '\t']).is_empty());
     let parsed = incoming.map(parse_traceparent);
 
-    // (outcome, trace id, sampled, b3 sampling to emit, parent span for b3)
-    let (outcome, trace_id, sampled, b3_sampling, b3_parent) = match parsed {
+    // (outcome, trace id, sampled, random flag, b3 sampling to emit, parent span for b3)
+    let (outcome, trace_id, sampled, random_id, b3_sampling, b3_parent) = match parsed {
         Some(Ok(parent)) => {
             if let Some(state) = request.header(TRACESTATE) {
                 // Invalid: dropped. Empty (no list-members): accepted, but
@@ -421,6 +423,7 @@ pub fn decide<'a>(
                 TraceOutcome::Continued,
                 parent.trace_id,
                 parent.sampled(),
+                parent.random(),
                 sampling,
                 Some(parent.parent_id),
             )
@@ -457,13 +460,14 @@ pub fn decide<'a>(
                         TraceOutcome::Continued,
                         ctx.trace_id,
                         sampling.sampled(),
+                        false,
                         sampling,
                         Some(ctx.span_id),
                     )
                 }
                 Some(b3::B3::SamplingOnly(sampling)) => {
                     let trace_id: [u8; 16] = nonzero(random);
-                    (started, trace_id, sampling.sampled(), sampling, None)
+                    (started, trace_id, sampling.sampled(), true, sampling, None)
                 }
                 None => {
                     let trace_id: [u8; 16] = nonzero(random);
@@ -473,7 +477,7 @@ pub fn decide<'a>(
                     } else {
                         b3::Sampling::Deny
                     };
-                    (started, trace_id, sampled, sampling, None)
+                    (started, trace_id, sampled, true, sampling, None)
                 }
             }
         }
@@ -483,7 +487,7 @@ pub fn decide<'a>(
         version: 0,
         trace_id,
         parent_id: span_id,
-        flags: if sampled { FLAG_SAMPLED } else { 0 },
+        flags: if sampled { FLAG_SAMPLED } else { 0 } | if random_id { FLAG_RANDOM } else { 0 },
     };
     set_headers.push((TRACEPARENT, traceparent.to_header()));
     if settings.b3_emit {

@@ -140,10 +140,14 @@ fn traceparent_table() {
 #[test]
 fn traceparent_to_header_writes_version_00_and_known_flags_only() {
     let future = parse_traceparent(&format!("{}-extra", tp("cc", TID, PID, "ff"))).unwrap();
-    assert_eq!(future.to_header(), tp("00", TID, PID, "01"));
+    assert_eq!(future.to_header(), tp("00", TID, PID, "03"));
     let unsampled = parse_traceparent(&tp("00", TID, PID, "fe")).unwrap();
     assert!(!unsampled.sampled());
-    assert_eq!(unsampled.to_header(), tp("00", TID, PID, "00"));
+    assert!(unsampled.random());
+    assert_eq!(unsampled.to_header(), tp("00", TID, PID, "02"));
+    let neither = parse_traceparent(&tp("00", TID, PID, "fc")).unwrap();
+    assert!(!neither.sampled() && !neither.random());
+    assert_eq!(neither.to_header(), tp("00", TID, PID, "00"));
 }
 
 #[test]
@@ -166,7 +170,11 @@ fn tracestate_table() {
     let too_long_value = "v".repeat(257);
     let long_key = format!("a{}", "b".repeat(255));
     let too_long_key = format!("a{}", "b".repeat(256));
-    let tenant_key = format!("{}@{}", "t".repeat(241), "s".repeat(14));
+    // keys with '@' within the 256 characters (test_tracestate_key_length_limit)
+    let at_key_256 = format!("{}@{}", "t".repeat(241), "v".repeat(14));
+    let at_key_244 = format!("{}@v", "t".repeat(242));
+    let at_key_17 = format!("t@{}", "v".repeat(15));
+    let at_key_257 = format!("{}@{}", "t".repeat(241), "v".repeat(15));
     let members_32: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
     let members_33: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
     let keys_32: Vec<String> = (0..32).map(|i| format!("k{i}")).collect();
@@ -192,36 +200,47 @@ fn tracestate_table() {
         (" a=1 ,\t, b=2 ,,".into(), Ok(vec![("a", "1"), ("b", "2")])),
         ("".into(), Ok(vec![])),
         (" , ".into(), Ok(vec![])),
-        // keys: simple, with digits and _-*/, multi-tenant
+        // keys: `(lcalpha / DIGIT) 0*255(lcalpha / DIGIT / _ - * / @)`
         ("a0_-*/=x".into(), Ok(vec![("a0_-*/", "x")])),
         ("1tenant@sys=x".into(), Ok(vec![("1tenant@sys", "x")])),
         ("t@s0_-*/=x".into(), Ok(vec![("t@s0_-*/", "x")])),
+        ("1abc=1".into(), Ok(vec![("1abc", "1")])),
+        ("0=1".into(), Ok(vec![("0", "1")])),
         (format!("{long_key}=x"), Ok(vec![(long_key.as_str(), "x")])),
-        (
-            format!("{tenant_key}=x"),
-            Ok(vec![(tenant_key.as_str(), "x")]),
-        ),
         (
             format!("{too_long_key}=x"),
             Err(E::Key(too_long_key.clone())),
         ),
         ("Rojo=1".into(), Err(E::Key("Rojo".into()))),
-        ("1abc=1".into(), Err(E::Key("1abc".into()))),
         ("a b=1".into(), Err(E::Key("a b".into()))),
         ("=1".into(), Err(E::Key(String::new()))),
-        ("a@=1".into(), Err(E::Key("a@".into()))),
-        ("@s=1".into(), Err(E::Key("@s".into()))),
-        ("t@1s=1".into(), Err(E::Key("t@1s".into()))),
-        (
-            format!("t@{}=1", "s".repeat(15)),
-            Err(E::Key(format!("t@{}", "s".repeat(15)))),
-        ),
-        (
-            format!("{}@s=1", "t".repeat(242)),
-            Err(E::Key(format!("{}@s", "t".repeat(242)))),
-        ),
-        ("a@b@c=1".into(), Err(E::Key("a@b@c".into()))),
         ("_a=1".into(), Err(E::Key("_a".into()))),
+        ("-a=1".into(), Err(E::Key("-a".into()))),
+        ("*a=1".into(), Err(E::Key("*a".into()))),
+        ("/a=1".into(), Err(E::Key("/a".into()))),
+        ("a.b=1".into(), Err(E::Key("a.b".into()))),
+        ("a\u{e9}=1".into(), Err(E::Key("a\u{e9}".into()))),
+        // '@' anywhere but first: the older tenant@system split is gone
+        ("a@=1".into(), Ok(vec![("a@", "1")])),
+        ("t@1s=1".into(), Ok(vec![("t@1s", "1")])),
+        ("a@b@c=1".into(), Ok(vec![("a@b@c", "1")])),
+        ("a@@b=1".into(), Ok(vec![("a@@b", "1")])),
+        ("a@@=1".into(), Ok(vec![("a@@", "1")])),
+        ("@s=1".into(), Err(E::Key("@s".into()))),
+        ("@=1".into(), Err(E::Key("@".into()))),
+        (
+            format!("{at_key_256}=x"),
+            Ok(vec![(at_key_256.as_str(), "x")]),
+        ),
+        (
+            format!("{at_key_244}=x"),
+            Ok(vec![(at_key_244.as_str(), "x")]),
+        ),
+        (
+            format!("{at_key_17}=x"),
+            Ok(vec![(at_key_17.as_str(), "x")]),
+        ),
+        (format!("{at_key_257}=x"), Err(E::Key(at_key_257.clone()))),
         // values: printable 0x20-0x7e except ',' and '=', not ending in space
         ("a=hello world".into(), Ok(vec![("a", "hello world")])),
         ("a= lead".into(), Ok(vec![("a", " lead")])),
@@ -239,8 +258,11 @@ fn tracestate_table() {
         ("a=caf\u{e9}".into(), Err(E::Value("caf\u{e9}".into()))),
         ("a=tab\there".into(), Err(E::Value("tab\there".into()))),
         ("noequals".into(), Err(E::NoEquals("noequals".into()))),
-        // duplicates are invalid
-        ("a=1,b=2,a=3".into(), Err(E::DuplicateKey("a".into()))),
+        // duplicate keys are kept, in order (the spec allows keeping or dropping)
+        (
+            "a=1,b=2,a=3".into(),
+            Ok(vec![("a", "1"), ("b", "2"), ("a", "3")]),
+        ),
         // at most 32 members
         (members_32.join(","), Ok(members_32_pairs.clone())),
         (members_33.join(","), Err(E::TooManyMembers(33))),
@@ -256,17 +278,23 @@ fn tracestate_table() {
         ("foo =1".into(), Err(E::Key("foo ".into()))),
         ("FOO=1".into(), Err(E::Key("FOO".into()))),
         ("foo.bar=1".into(), Err(E::Key("foo.bar".into()))),
-        ("foo@=1,bar=2".into(), Err(E::Key("foo@".into()))),
+        ("foo@=1,bar=2".into(), Ok(vec![("foo@", "1"), ("bar", "2")])),
         ("@foo=1,bar=2".into(), Err(E::Key("@foo".into()))),
-        ("foo@@bar=1,bar=2".into(), Err(E::Key("foo@@bar".into()))),
+        (
+            "foo@@bar=1,bar=2".into(),
+            Ok(vec![("foo@@bar", "1"), ("bar", "2")]),
+        ),
         (
             "foo@bar@baz=1,bar=2".into(),
-            Err(E::Key("foo@bar@baz".into())),
+            Ok(vec![("foo@bar@baz", "1"), ("bar", "2")]),
         ),
         ("foo=bar=baz".into(), Err(E::Value("bar=baz".into()))),
         ("foo=,bar=3".into(), Err(E::Value(String::new()))),
-        ("foo=1,foo=1".into(), Err(E::DuplicateKey("foo".into()))),
-        ("foo=1, foo=2".into(), Err(E::DuplicateKey("foo".into()))),
+        ("foo=1,foo=1".into(), Ok(vec![("foo", "1"), ("foo", "1")])),
+        ("foo=1,foo=2".into(), Ok(vec![("foo", "1"), ("foo", "2")])),
+        // two tracestate headers, joined by the glue with ", "
+        ("foo=1, foo=1".into(), Ok(vec![("foo", "1"), ("foo", "1")])),
+        ("foo=1, foo=2".into(), Ok(vec![("foo", "1"), ("foo", "2")])),
         (
             format!("foo=1, {}=1", "z".repeat(256)),
             Ok(vec![("foo", "1"), (z256.as_str(), "1")]),
@@ -274,6 +302,18 @@ fn tracestate_table() {
         (
             format!("foo=1, {}=1", "z".repeat(257)),
             Err(E::Key("z".repeat(257))),
+        ),
+        (
+            format!("foo=1, {at_key_256}=1"),
+            Ok(vec![("foo", "1"), (at_key_256.as_str(), "1")]),
+        ),
+        (
+            format!("foo=1, {at_key_244}=1"),
+            Ok(vec![("foo", "1"), (at_key_244.as_str(), "1")]),
+        ),
+        (
+            format!("foo=1, {at_key_17}=1"),
+            Ok(vec![("foo", "1"), (at_key_17.as_str(), "1")]),
         ),
         (
             "foo=1 \t , \t bar=2, \t baz=3".into(),
@@ -308,7 +348,7 @@ fn tracestate_table() {
             format!(",,{},, ,\t,", members_32.join(", ,")),
             Ok(members_32_pairs),
         ),
-        // multi-tenant keys: the shortest, a tenant starting with a digit
+        // keys with an @: the shortest, one starting with a digit
         ("a@b=1".into(), Ok(vec![("a@b", "1")])),
         ("0@b=1".into(), Ok(vec![("0@b", "1")])),
         // values: OWS after the value is not part of it; control bytes are invalid
@@ -336,6 +376,10 @@ fn tracestate_table() {
     let state = parse_tracestate(" rojo=1 , congo=2").unwrap();
     assert_eq!(state.to_header(), "rojo=1,congo=2");
     assert_eq!(state.get("congo"), Some("2"));
+    // a key sent twice: the left-most (most recent) value, both written back
+    let state = parse_tracestate("foo=2,bar=1,foo=1").unwrap();
+    assert_eq!(state.get("foo"), Some("2"));
+    assert_eq!(state.to_header(), "foo=2,bar=1,foo=1");
 }
 
 /// A deterministic "random" source: an incrementing byte counter.
@@ -366,7 +410,7 @@ fn decide_starts_a_trace_with_request_id() {
     let tp = parse_traceparent(header(&d, "traceparent").unwrap()).unwrap();
     assert_eq!(tp.trace_id_hex(), d.trace_id_hex);
     assert_eq!(tp.parent_id_hex(), d.span_id_hex);
-    assert_eq!(tp.flags, 1);
+    assert_eq!(tp.flags, FLAG_SAMPLED | FLAG_RANDOM, "sampled, random id");
     let rid = header(&d, "x-request-id").unwrap();
     assert_eq!(rid.len(), 36);
     assert_eq!(&rid[14..15], "4", "uuid version 4: {rid}");
@@ -381,7 +425,7 @@ fn decide_starts_a_trace_with_request_id() {
 #[test]
 fn decide_continues_a_valid_parent_with_a_new_parent_id() {
     let settings = TraceSettings::default();
-    for flags in ["00", "01", "03"] {
+    for flags in ["00", "01", "02", "03"] {
         let incoming = tp("00", TID, PID, flags);
         let req = HeaderList::default()
             .with("traceparent", &incoming)
@@ -393,9 +437,10 @@ fn decide_continues_a_valid_parent_with_a_new_parent_id() {
         let out = parse_traceparent(header(&d, "traceparent").unwrap()).unwrap();
         assert_eq!(out.trace_id_hex(), TID);
         assert_ne!(out.parent_id_hex(), PID, "a new parent-id for this hop");
-        assert_eq!(out.sampled(), flags != "00");
-        assert_eq!(out.flags & !FLAG_SAMPLED, 0);
-        assert_eq!(d.sampled, flags != "00");
+        assert_eq!(out.sampled(), flags == "01" || flags == "03");
+        assert_eq!(out.random(), flags == "02" || flags == "03");
+        assert_eq!(out.to_header()[53..], *flags, "flags kept as they came");
+        assert_eq!(d.sampled, out.sampled());
         assert_eq!(header(&d, "x-request-id"), None, "kept as given");
         assert!(d.remove_headers.is_empty(), "valid tracestate kept");
     }
@@ -432,7 +477,24 @@ fn decide_tracestate_table() {
         (Some(&valid), "", TraceOutcome::Continued, true),
         (Some(&valid), " , ", TraceOutcome::Continued, true),
         (Some(&valid), "foo=1, ", TraceOutcome::Continued, false),
-        (Some(&valid), "foo=1,foo=2", TraceOutcome::Continued, true),
+        // duplicate keys: kept (test_tracestate_duplicated_keys)
+        (Some(&valid), "foo=1,foo=2", TraceOutcome::Continued, false),
+        (Some(&valid), "foo=1,foo=1", TraceOutcome::Continued, false),
+        // the current key grammar (test_tracestate_key_illegal_vendor_format)
+        (Some(&valid), "foo@=1,bar=2", TraceOutcome::Continued, false),
+        (
+            Some(&valid),
+            "foo@@bar=1,bar=2",
+            TraceOutcome::Continued,
+            false,
+        ),
+        (
+            Some(&valid),
+            "foo@bar@baz=1,bar=2",
+            TraceOutcome::Continued,
+            false,
+        ),
+        (Some(&valid), "@foo=1,bar=2", TraceOutcome::Continued, true),
         (Some(&valid), "FOO=1", TraceOutcome::Continued, true),
         (Some(&valid), "foo=1,bar=", TraceOutcome::Continued, true),
         (Some(&valid), &members_33, TraceOutcome::Continued, true),
@@ -519,7 +581,115 @@ fn decide_continues_a_future_version_as_version_00() {
     assert_eq!(d.outcome, TraceOutcome::Continued);
     let out = header(&d, "traceparent").unwrap();
     assert!(out.starts_with(&format!("00-{TID}-")), "{out}");
-    assert!(out.ends_with("-01"), "{out}");
+    assert!(
+        out.ends_with("-03"),
+        "sampled and random kept, others 0: {out}"
+    );
+}
+
+/// Trace Context Level 2: the random flag is set on a trace id drawn from the
+/// CSPRNG, kept (set or unset) on a continued `traceparent`, and not claimed
+/// for a trace id taken from B3; unknown flags are written as 0.
+#[test]
+fn decide_random_flag_table() {
+    let b3 = TraceSettings {
+        b3_accept: true,
+        b3_emit: true,
+        ..TraceSettings::default()
+    };
+    let default = TraceSettings::default();
+    let never = TraceSettings {
+        sample_ratio: 0.0,
+        ..TraceSettings::default()
+    };
+    let [p00, p01, p02, p03, pfe] = ["00", "01", "02", "03", "fe"].map(|f| tp("00", TID, PID, f));
+    let b3_context = format!("{TID}-{PID}-1");
+    let future = format!("{}-x", tp("cc", TID, PID, "06"));
+    // (settings, headers, outcome, flags written)
+    let cases: Vec<(&TraceSettings, Headers, TraceOutcome, u8)> = vec![
+        // new traces: the id is random whether sampled or not
+        (&default, vec![], TraceOutcome::Started, 0x03),
+        (&never, vec![], TraceOutcome::Started, 0x02),
+        (
+            &default,
+            vec![("traceparent", "00-garbage")],
+            TraceOutcome::InvalidParent,
+            0x03,
+        ),
+        // continued: the caller's random flag, set or unset, stays
+        (
+            &never,
+            vec![("traceparent", &p02)],
+            TraceOutcome::Continued,
+            0x02,
+        ),
+        (
+            &never,
+            vec![("traceparent", &p03)],
+            TraceOutcome::Continued,
+            0x03,
+        ),
+        (
+            &default,
+            vec![("traceparent", &p01)],
+            TraceOutcome::Continued,
+            0x01,
+        ),
+        (
+            &default,
+            vec![("traceparent", &p00)],
+            TraceOutcome::Continued,
+            0x00,
+        ),
+        // flags nobody defines yet are written as 0
+        (
+            &default,
+            vec![("traceparent", &pfe)],
+            TraceOutcome::Continued,
+            0x02,
+        ),
+        (
+            &default,
+            vec![("traceparent", &future)],
+            TraceOutcome::Continued,
+            0x02,
+        ),
+        // B3 says nothing of how its trace id was made: no random flag
+        (
+            &b3,
+            vec![("b3", &b3_context)],
+            TraceOutcome::Continued,
+            0x01,
+        ),
+        (
+            &b3,
+            vec![("x-b3-traceid", TID), ("x-b3-spanid", PID)],
+            TraceOutcome::Continued,
+            0x01,
+        ),
+        // a traceparent wins over b3, flags included
+        (
+            &b3,
+            vec![("traceparent", &p02), ("b3", &b3_context)],
+            TraceOutcome::Continued,
+            0x02,
+        ),
+        // b3 sampling only: a new trace id from the CSPRNG
+        (&b3, vec![("b3", "0")], TraceOutcome::Started, 0x02),
+        (&b3, vec![("b3", "d")], TraceOutcome::Started, 0x03),
+    ];
+    for (settings, headers, outcome, flags) in cases {
+        let req = HeaderList::from_pairs(headers.iter().copied());
+        let d = decide(settings, &req, &mut counter(11));
+        assert_eq!(d.outcome, outcome, "{headers:?}");
+        let out = header(&d, "traceparent").unwrap();
+        assert_eq!(
+            parse_traceparent(out).unwrap().flags,
+            flags,
+            "{headers:?} → {out}"
+        );
+        assert_eq!(d.sampled, flags & FLAG_SAMPLED != 0, "{headers:?}");
+    }
 }
 
 #[test]
