@@ -95,8 +95,8 @@ async fn a_request_without_trace_context_reaches_the_upstream_with_traceparent_a
     let traceparent = upstream_header(&echo, "traceparent").expect("traceparent upstream");
     let (trace_id, _) = traceparent_parts(traceparent);
     assert!(
-        traceparent.ends_with("-01"),
-        "sampled (ratio 1.0): {traceparent}"
+        traceparent.ends_with("-03"),
+        "sampled (ratio 1.0), random trace id (Level 2): {traceparent}"
     );
     let request_id = upstream_header(&echo, "x-request-id").expect("x-request-id upstream");
     assert!(is_uuid(request_id), "{request_id}");
