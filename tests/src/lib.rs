@@ -13,6 +13,7 @@ pub mod process;
 pub mod push;
 pub mod redis;
 pub mod stack;
+pub mod trace_context;
 pub mod upstream;
 
 use std::net::TcpListener;
