@@ -5,7 +5,19 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use crate::host::{GrpcCode, GrpcHost, Host, HostError, MetricKind, SharedSetError};
+use crate::host::{CallOwner, GrpcCode, GrpcHost, Host, HostError, MetricKind, SharedSetError};
+
+/// A unary gRPC call the filter dispatched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    pub token: u32,
+    pub owner: CallOwner,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub message: Vec<u8>,
+    pub timeout: std::time::Duration,
+}
 
 /// A local response the filter sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +40,8 @@ pub struct FakeEnvoy {
     shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     next_cas: Cell<u32>,
     metrics: RefCell<Vec<(String, MetricKind, i64)>>,
+    /// Samples recorded into histograms: (name, value).
+    samples: RefCell<Vec<(String, u64)>>,
     /// Envoy's node id (`node.id`); `None`: not set.
     node_id: Option<String>,
 }
@@ -56,6 +70,16 @@ impl FakeEnvoy {
             .iter()
             .find(|(n, _, _)| n == name)
             .map_or(0, |(_, _, v)| *v)
+    }
+
+    /// The samples recorded into the histogram `name`.
+    pub fn samples(&self, name: &str) -> Vec<u64> {
+        self.samples
+            .borrow()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .collect()
     }
 
     pub fn metric_names(&self) -> Vec<String> {
@@ -105,6 +129,10 @@ pub struct FakeHost {
     pub grpc_opened: RefCell<Vec<String>>,
     pub grpc_sent: RefCell<Vec<(u32, Vec<u8>)>>,
     pub grpc_cancelled: RefCell<Vec<u32>>,
+    /// Unary gRPC calls dispatched.
+    pub grpc_calls: RefCell<Vec<GrpcCall>>,
+    /// Times the request was resumed after a pause.
+    pub resumed: Cell<u32>,
     next_token: Cell<u32>,
 }
 
@@ -124,6 +152,8 @@ impl FakeHost {
             grpc_opened: RefCell::new(Vec::new()),
             grpc_sent: RefCell::new(Vec::new()),
             grpc_cancelled: RefCell::new(Vec::new()),
+            grpc_calls: RefCell::new(Vec::new()),
+            resumed: Cell::new(0),
             next_token: Cell::new(1),
         }
     }
@@ -306,8 +336,47 @@ impl Host for FakeHost {
         let entry = metrics
             .get_mut(id as usize)
             .ok_or_else(|| HostError::new("record_metric", "NotFound"))?;
-        entry.2 = i64::try_from(value).unwrap_or(i64::MAX);
+        if entry.1 == MetricKind::Histogram {
+            // A histogram's value here is its sample count.
+            entry.2 += 1;
+            self.envoy
+                .samples
+                .borrow_mut()
+                .push((entry.0.clone(), value));
+        } else {
+            entry.2 = i64::try_from(value).unwrap_or(i64::MAX);
+        }
         Ok(())
+    }
+
+    fn resume_http_request(&self) -> Result<(), HostError> {
+        self.check("resume_http_request")?;
+        self.resumed.set(self.resumed.get() + 1);
+        Ok(())
+    }
+
+    fn dispatch_grpc_call(
+        &self,
+        owner: CallOwner,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<u32, HostError> {
+        self.check("dispatch_grpc_call")?;
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        self.grpc_calls.borrow_mut().push(GrpcCall {
+            token,
+            owner,
+            cluster: cluster.to_owned(),
+            service: service.to_owned(),
+            method: method.to_owned(),
+            message: message.to_vec(),
+            timeout,
+        });
+        Ok(token)
     }
 }
 

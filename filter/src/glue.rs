@@ -19,8 +19,11 @@ use crate::vm::{entropy_seed, VmState};
 mod entry {
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-        proxy_wasm::set_root_context(|_context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
-            Box::new(super::SidestreamRoot::default())
+        proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+            Box::new(super::SidestreamRoot {
+                context_id,
+                ..super::SidestreamRoot::default()
+            })
         });
     }}
 }
@@ -28,11 +31,45 @@ mod entry {
 /// The root context of one VM: configuration, the config stream, the tick.
 #[derive(Default)]
 pub struct SidestreamRoot {
+    context_id: u32,
     vm: Option<Rc<VmState>>,
     config_stream: Option<ConfigStream>,
 }
 
+/// The body of a unary gRPC answer (empty for a failure or when unreadable).
+fn grpc_call_body(vm: &VmState, status_code: u32, size: usize) -> Vec<u8> {
+    if status_code != 0 || size == 0 {
+        return Vec::new();
+    }
+    match hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size) {
+        Ok(body) => body.unwrap_or_default(),
+        Err(status) => {
+            vm.metrics.host_failure(
+                &ProxyWasmHost,
+                &crate::host::HostError::new("get_buffer(grpc receive)", status),
+            );
+            Vec::new()
+        }
+    }
+}
+
 impl Context for SidestreamRoot {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(vm) = &self.vm else {
+            return;
+        };
+        let body = grpc_call_body(vm, status_code, response_size);
+        let now = ProxyWasmHost.now_nanos().unwrap_or(0);
+        vm.mesh.on_root_call_answer(
+            &ProxyWasmHost,
+            &vm.metrics,
+            token_id,
+            status_code,
+            &body,
+            now,
+        );
+    }
+
     fn on_grpc_stream_message(&mut self, token_id: u32, message_size: usize) {
         let (Some(vm), Some(stream)) = (&self.vm, &mut self.config_stream) else {
             return;
@@ -100,14 +137,22 @@ impl RootContext for SidestreamRoot {
         let metrics = Metrics::define(&host);
         let vm = Rc::new(VmState::new(bootstrap, metrics, seed));
         vm.metrics.set(&host, vm.metrics.config_version, 0);
-        self.config_stream = vm.bootstrap.control_plane.clone().map(|settings| {
-            ConfigStream::new(
-                settings,
-                configure::stream_node_id(&host, &vm.bootstrap.node_id, vm.random_u64()),
-            )
-        });
-        // The tick drives the config stream and flushes the batched
-        // per-request counters, so it runs without a control plane too.
+        // One name per VM for the control plane and the limiter alike.
+        let node_id = (vm.bootstrap.control_plane.is_some() || vm.bootstrap.limiter.is_some())
+            .then(|| configure::stream_node_id(&host, &vm.bootstrap.node_id, vm.random_u64()));
+        if let Some(node_id) = &node_id {
+            vm.mesh.set_instance(node_id, vm.random_u64());
+        }
+        vm.mesh.set_root_context(self.context_id);
+        self.config_stream = vm
+            .bootstrap
+            .control_plane
+            .clone()
+            .zip(node_id)
+            .map(|(settings, node_id)| ConfigStream::new(settings, node_id));
+        // The tick drives the config stream and the limiter's Sync, and
+        // flushes the batched per-request counters, so it runs without a
+        // control plane too.
         let tick = if self.config_stream.is_some() {
             TICK_PERIOD
         } else {
@@ -131,23 +176,28 @@ impl RootContext for SidestreamRoot {
 
     fn on_tick(&mut self) {
         let host = ProxyWasmHost;
-        if let Some(vm) = &self.vm {
-            vm.metrics.flush(&host);
-        }
-        let (Some(vm), Some(stream)) = (&self.vm, &mut self.config_stream) else {
+        let Some(vm) = &self.vm else {
             return;
         };
-        match host.now_nanos() {
-            Ok(now) => stream.on_tick(&host, vm, now),
-            Err(error) => vm.metrics.host_failure(&host, &error),
+        vm.metrics.flush(&host);
+        let now = match host.now_nanos() {
+            Ok(now) => now,
+            Err(error) => {
+                vm.metrics.host_failure(&host, &error);
+                return;
+            }
+        };
+        vm.mesh.on_tick(&host, &vm.metrics, now);
+        if let Some(stream) = &mut self.config_stream {
+            stream.on_tick(&host, vm, now);
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         self.vm.as_ref().map(|vm| -> Box<dyn HttpContext> {
             Box::new(SidestreamHttp {
                 vm: Rc::clone(vm),
-                flow: RequestFlow::new(),
+                flow: RequestFlow::for_context(context_id),
             })
         })
     }
@@ -164,6 +214,12 @@ struct SidestreamHttp {
 }
 
 impl Context for SidestreamHttp {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let body = grpc_call_body(&self.vm, status_code, response_size);
+        self.flow
+            .on_limiter_answer(&ProxyWasmHost, &self.vm, token_id, status_code, &body);
+    }
+
     fn on_done(&mut self) -> bool {
         self.flow.on_stream_end(&ProxyWasmHost, &self.vm);
         true
@@ -174,7 +230,7 @@ impl HttpContext for SidestreamHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.flow.on_request_headers(&ProxyWasmHost, &self.vm) {
             Verdict::Continue => Action::Continue,
-            Verdict::Stop => Action::Pause,
+            Verdict::Stop | Verdict::Pause => Action::Pause,
         }
     }
 

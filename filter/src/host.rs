@@ -49,6 +49,20 @@ pub enum MetricKind {
     Counter,
     /// Gauge (set or moved up and down).
     Gauge,
+    /// Histogram (each recorded value is one sample).
+    Histogram,
+}
+
+/// Which context owns a gRPC call, and so gets its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOwner {
+    /// The context making the call (its answer comes back to it).
+    Current,
+    /// The VM's root context, for a call that must outlive the HTTP stream
+    /// making it (Envoy cancels an HTTP context's calls when the stream is
+    /// deleted): fire and forget, its answer is not read. `current` is the
+    /// HTTP context to switch back to.
+    Root { root: u32, current: u32 },
 }
 
 /// A gRPC status code the filter answers with.
@@ -100,8 +114,23 @@ pub trait Host {
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError>;
     /// Adds `delta` to a counter or gauge.
     fn increment_metric(&self, id: u32, delta: i64) -> Result<(), HostError>;
-    /// Sets a gauge.
+    /// Sets a gauge, or records a histogram sample.
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError>;
+    /// Lets a paused request go on (after an asynchronous decision).
+    fn resume_http_request(&self) -> Result<(), HostError>;
+    /// Sends a unary gRPC call (`message` is the encoded request) to
+    /// `cluster`; returns its token. The answer arrives as
+    /// `on_grpc_call_response` of the owning context, or as a failure status
+    /// after `timeout`.
+    fn dispatch_grpc_call(
+        &self,
+        owner: CallOwner,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<u32, HostError>;
 }
 
 /// The host calls of the config stream (root context).

@@ -14,6 +14,7 @@
 pub mod config_stream;
 pub mod configure;
 pub mod host;
+pub mod mesh;
 pub mod metrics;
 pub mod request;
 pub mod shared;

@@ -24,6 +24,16 @@
 //! | `sidestream.config_nacks` | `sidestream_config_nacks` (counter) |
 //! | `sidestream.config_stream_reconnects` | `sidestream_config_stream_reconnects` (counter) |
 //! | `sidestream.host_call_failures` | `sidestream_host_call_failures` (counter) |
+//! | `sidestream.mesh_admitted` | `sidestream_mesh_admitted` (counter) |
+//! | `sidestream.mesh_refused` | `sidestream_mesh_refused` (counter) |
+//! | `sidestream.mesh_fallback_timeout` | `sidestream_mesh_fallback_timeout` (counter) |
+//! | `sidestream.mesh_fallback_error` | `sidestream_mesh_fallback_error` (counter) |
+//! | `sidestream.mesh_fallback_unavailable` | `sidestream_mesh_fallback_unavailable` (counter) |
+//! | `sidestream.mesh_sync_failures` | `sidestream_mesh_sync_failures` (counter) |
+//! | `sidestream.mesh_rtt_us` | `sidestream_mesh_rtt_us` (histogram, microseconds) |
+//!
+//! The mesh stats have no per-policy or per-key names: tenant keys are
+//! unbounded, and a stat per key would grow Envoy's stat store without bound.
 
 use std::cell::RefCell;
 
@@ -108,8 +118,51 @@ pub const HOST_CALL_FAILURES: MetricDef = MetricDef {
     help: "Host (Envoy) calls that failed; the request proceeded by the configured fail mode",
 };
 
+/// Streams a mesh-scoped policy's limiter admitted.
+pub const MESH_ADMITTED: MetricDef = MetricDef {
+    name: "sidestream.mesh_admitted",
+    kind: MetricKind::Counter,
+    help: "Streams of mesh-scoped policies that sidestream-limiter admitted",
+};
+/// Streams a mesh-scoped policy's limiter refused.
+pub const MESH_REFUSED: MetricDef = MetricDef {
+    name: "sidestream.mesh_refused",
+    kind: MetricKind::Counter,
+    help: "Streams of mesh-scoped policies that sidestream-limiter refused (rate or concurrency, mesh-wide)",
+};
+/// Fallbacks because the limiter did not answer in time.
+pub const MESH_FALLBACK_TIMEOUT: MetricDef = MetricDef {
+    name: "sidestream.mesh_fallback_timeout",
+    kind: MetricKind::Counter,
+    help: "Streams of mesh-scoped policies that got the policy's fallback: no limiter answer within the policy's timeout",
+};
+/// Fallbacks because the limiter answered with an error.
+pub const MESH_FALLBACK_ERROR: MetricDef = MetricDef {
+    name: "sidestream.mesh_fallback_error",
+    kind: MetricKind::Counter,
+    help: "Streams of mesh-scoped policies that got the policy's fallback: the limiter answered with an error or an unreadable message",
+};
+/// Fallbacks because the limiter could not be reached or asked.
+pub const MESH_FALLBACK_UNAVAILABLE: MetricDef = MetricDef {
+    name: "sidestream.mesh_fallback_unavailable",
+    kind: MetricKind::Counter,
+    help: "Streams of mesh-scoped policies that got the policy's fallback: the limiter was unreachable, or no limiter cluster is configured",
+};
+/// Syncs that got no good answer.
+pub const MESH_SYNC_FAILURES: MetricDef = MetricDef {
+    name: "sidestream.mesh_sync_failures",
+    kind: MetricKind::Counter,
+    help: "Sync calls to sidestream-limiter that failed; the lease is renewed by the next one (every third of the lease)",
+};
+/// Round trip of an Acquire.
+pub const MESH_RTT_US: MetricDef = MetricDef {
+    name: "sidestream.mesh_rtt_us",
+    kind: MetricKind::Histogram,
+    help: "Microseconds from sending an Acquire to sidestream-limiter to its answer (answers only, not timeouts or errors)",
+};
+
 /// Every fixed metric, in definition order.
-pub const ALL: [MetricDef; 11] = [
+pub const ALL: [MetricDef; 18] = [
     TRACES_STARTED,
     TRACES_CONTINUED,
     TRACES_INVALID_PARENT,
@@ -121,6 +174,13 @@ pub const ALL: [MetricDef; 11] = [
     CONFIG_NACKS,
     CONFIG_STREAM_RECONNECTS,
     HOST_CALL_FAILURES,
+    MESH_ADMITTED,
+    MESH_REFUSED,
+    MESH_FALLBACK_TIMEOUT,
+    MESH_FALLBACK_ERROR,
+    MESH_FALLBACK_UNAVAILABLE,
+    MESH_SYNC_FAILURES,
+    MESH_RTT_US,
 ];
 
 /// Help text of the per-group counters `sidestream.release.<policy>.<group>.requests`.
@@ -169,6 +229,13 @@ pub struct Metrics {
     pub config_nacks: Option<u32>,
     pub config_stream_reconnects: Option<u32>,
     pub host_call_failures: Option<u32>,
+    pub mesh_admitted: Option<u32>,
+    pub mesh_refused: Option<u32>,
+    pub mesh_fallback_timeout: Option<u32>,
+    pub mesh_fallback_error: Option<u32>,
+    pub mesh_fallback_unavailable: Option<u32>,
+    pub mesh_sync_failures: Option<u32>,
+    pub mesh_rtt_us: Option<u32>,
     release_requests: RefCell<Vec<ReleaseCounter>>,
     /// Per-request counter deltas not yet given to Envoy: (metric id, delta),
     /// one entry per metric, kept (at zero) between flushes. The root context
@@ -216,6 +283,13 @@ impl Metrics {
             config_nacks: define(CONFIG_NACKS),
             config_stream_reconnects: define(CONFIG_STREAM_RECONNECTS),
             host_call_failures: define(HOST_CALL_FAILURES),
+            mesh_admitted: define(MESH_ADMITTED),
+            mesh_refused: define(MESH_REFUSED),
+            mesh_fallback_timeout: define(MESH_FALLBACK_TIMEOUT),
+            mesh_fallback_error: define(MESH_FALLBACK_ERROR),
+            mesh_fallback_unavailable: define(MESH_FALLBACK_UNAVAILABLE),
+            mesh_sync_failures: define(MESH_SYNC_FAILURES),
+            mesh_rtt_us: define(MESH_RTT_US),
             release_requests: RefCell::new(Vec::new()),
             pending: RefCell::new(Vec::new()),
         }
@@ -262,6 +336,16 @@ impl Metrics {
             if let Err(error) = host.record_metric(id, value) {
                 self.host_failure(host, &error);
             }
+        }
+    }
+
+    /// The fallback counter of `cause`.
+    pub fn mesh_fallback(&self, cause: sidestream_core::limit::mesh::FallbackCause) -> Option<u32> {
+        use sidestream_core::limit::mesh::FallbackCause;
+        match cause {
+            FallbackCause::Timeout => self.mesh_fallback_timeout,
+            FallbackCause::Error => self.mesh_fallback_error,
+            FallbackCause::Unavailable => self.mesh_fallback_unavailable,
         }
     }
 

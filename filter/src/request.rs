@@ -6,7 +6,7 @@
 //! the decision and applies it with as few host calls as it can.
 
 use sidestream_core::config::{FailMode, Snapshot, StreamLimitPolicy};
-use sidestream_core::limit::{self, Admission, StreamKind, StreamLimitState};
+use sidestream_core::limit::{self, Admission, Refusal, StreamKind, StreamLimitState};
 use sidestream_core::release;
 use sidestream_core::trace::{self, TraceOutcome};
 use sidestream_core::RequestView;
@@ -31,6 +31,9 @@ pub enum Verdict {
     Continue,
     /// A local response was sent: stop the request here.
     Stop,
+    /// Waiting for the limiter: pause the request; the answer resumes it
+    /// ([`RequestFlow::on_limiter_answer`]) or refuses it.
+    Pause,
 }
 
 /// The per-request state between callbacks.
@@ -40,6 +43,12 @@ pub struct RequestFlow {
     response_headers: Vec<(String, String)>,
     /// The shared-data key of an admitted stream, until its end is counted.
     open_stream: Option<String>,
+    /// This HTTP context's id (the glue's), for calls that outlive it.
+    context_id: Option<u32>,
+    /// The Acquire this request waits for.
+    pending: Option<Box<mesh::PendingAcquire>>,
+    /// (policy, key) of a stream the limiter admitted, until it is released.
+    mesh_stream: Option<(String, String)>,
 }
 
 /// Merged request headers: duplicates joined (`cookie` with `; `, others with
@@ -79,9 +88,23 @@ impl RequestFlow {
         Self::default()
     }
 
-    /// Whether an admitted stream is still counted as open.
+    /// A flow for a new request in the HTTP context `context_id`.
+    pub fn for_context(context_id: u32) -> Self {
+        RequestFlow {
+            context_id: Some(context_id),
+            ..Self::default()
+        }
+    }
+
+    /// Whether an admitted stream is still counted as open (locally or
+    /// mesh-wide).
     pub fn holds_stream(&self) -> bool {
-        self.open_stream.is_some()
+        self.open_stream.is_some() || self.mesh_stream.is_some()
+    }
+
+    /// Whether the request waits for the limiter.
+    pub fn waits_for_limiter(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// The request headers arrived.
@@ -101,8 +124,25 @@ impl RequestFlow {
         if !snapshot.stream_limits.is_empty() {
             if let Some(kind) = limit::detect_stream(&headers) {
                 if let Some(policy) = limit::select(&snapshot.stream_limits, &headers, kind) {
-                    if self.admit(host, vm, policy, kind, &headers) == Verdict::Stop {
-                        return Verdict::Stop;
+                    let verdict = if policy.mesh.is_some() {
+                        self.ask_limiter(host, vm, policy, kind, &headers)
+                    } else {
+                        self.admit(host, vm, policy, kind, &headers)
+                    };
+                    match verdict {
+                        Verdict::Continue => {}
+                        Verdict::Stop => return Verdict::Stop,
+                        Verdict::Pause => {
+                            // Coloured once the limiter admits the stream.
+                            if let Some(pending) = self.pending.as_mut() {
+                                pending.resume = Some(mesh::Resume {
+                                    applied,
+                                    headers,
+                                    trace_id,
+                                });
+                            }
+                            return Verdict::Pause;
+                        }
                     }
                 }
             }
@@ -124,6 +164,7 @@ impl RequestFlow {
     /// The stream is over (finished, reset, or the client went away): an
     /// admitted stream stops counting against its key. Safe to call twice.
     pub fn on_stream_end<H: Host>(&mut self, host: &H, vm: &VmState) {
+        self.end_mesh_stream(host, vm);
         let Some(key) = self.open_stream.take() else {
             return;
         };
@@ -304,28 +345,7 @@ impl RequestFlow {
                 vm.metrics.add(host, vm.metrics.streams_active, 1);
                 Verdict::Continue
             }
-            Ok(Admission::Refused(refusal)) => {
-                vm.metrics.add(host, vm.metrics.streams_refused, 1);
-                let headers = refusal.headers(policy);
-                let headers: Vec<(&str, &str)> =
-                    headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-                let sent = if kind == StreamKind::Grpc {
-                    host.send_grpc_response(
-                        GrpcCode::ResourceExhausted,
-                        "stream limit reached; retry later",
-                        &headers,
-                    )
-                } else {
-                    let body = refusal_body(policy, refusal.retry_after_secs);
-                    let mut all = headers;
-                    all.push(("content-type", "application/json"));
-                    host.send_http_response(429, &all, body.as_bytes())
-                };
-                if let Err(error) = sent {
-                    vm.metrics.host_failure(host, &error);
-                }
-                Verdict::Stop
-            }
+            Ok(Admission::Refused(refusal)) => self.refuse(host, vm, policy, kind, &refusal),
             Err(UpdateError::Host(error)) => {
                 vm.metrics.host_failure(host, &error);
                 self.fail(host, vm, policy.fail_mode, true)
@@ -338,6 +358,37 @@ impl RequestFlow {
                 self.fail(host, vm, policy.fail_mode, true)
             }
         }
+    }
+
+    /// Answers a refused stream: 429 with `retry-after` and the RateLimit
+    /// headers, or gRPC RESOURCE_EXHAUSTED with them as metadata.
+    fn refuse<H: Host>(
+        &mut self,
+        host: &H,
+        vm: &VmState,
+        policy: &StreamLimitPolicy,
+        kind: StreamKind,
+        refusal: &Refusal,
+    ) -> Verdict {
+        vm.metrics.add(host, vm.metrics.streams_refused, 1);
+        let headers = refusal.headers(policy);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let sent = if kind == StreamKind::Grpc {
+            host.send_grpc_response(
+                GrpcCode::ResourceExhausted,
+                "stream limit reached; retry later",
+                &headers,
+            )
+        } else {
+            let body = refusal_body(policy, refusal.retry_after_secs);
+            let mut all = headers;
+            all.push(("content-type", "application/json"));
+            host.send_http_response(429, &all, body.as_bytes())
+        };
+        if let Err(error) = sent {
+            vm.metrics.host_failure(host, &error);
+        }
+        Verdict::Stop
     }
 
     /// Something needed could not be had: open lets the request through
@@ -397,5 +448,6 @@ fn refusal_body(policy: &StreamLimitPolicy, retry_after_secs: u32) -> String {
     format!("{body}\n")
 }
 
+mod mesh;
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 use sidestream_core::config::{FailMode, FilterBootstrap, Snapshot};
 
+use crate::mesh::MeshClient;
 use crate::metrics::Metrics;
 
 /// A snapshot in force and what the filter derives from it once, when it is
@@ -48,6 +49,8 @@ pub struct VmState {
     pub fail_mode: FailMode,
     /// This VM's metric ids.
     pub metrics: Metrics,
+    /// Mesh-scoped limits: the limiter, this instance, its held streams.
+    pub mesh: MeshClient,
     applied: RefCell<Applied>,
     /// ChaCha12 seeded once per VM from the host's entropy (WASI `random_get`):
     /// trace ids and request ids cost no host call per request.
@@ -58,12 +61,19 @@ impl VmState {
     /// A VM running `bootstrap.defaults` until a snapshot arrives.
     pub fn new(bootstrap: FilterBootstrap, metrics: Metrics, seed: [u8; 32]) -> Self {
         let applied = Applied::new(bootstrap.defaults.clone());
+        let mut rng = ChaCha12Rng::from_seed(seed);
+        // Renamed after the VM's node id is known (glue); unique meanwhile.
+        let mesh = MeshClient::new(
+            bootstrap.limiter.as_ref().map(|l| l.cluster.clone()),
+            crate::mesh::instance_name(&bootstrap.node_id, rng.next_u64()),
+        );
         VmState {
             fail_mode: bootstrap.fail_mode,
             bootstrap,
             metrics,
+            mesh,
             applied: RefCell::new(applied),
-            rng: RefCell::new(ChaCha12Rng::from_seed(seed)),
+            rng: RefCell::new(rng),
         }
     }
 

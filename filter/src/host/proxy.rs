@@ -5,7 +5,9 @@ use std::time::UNIX_EPOCH;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{GrpcStatusCode, MapType, MetricType, Status};
 
-use super::{GrpcCode, GrpcHost, Host, HostError, MetricKind, ProxyWasmHost, SharedSetError};
+use super::{
+    CallOwner, GrpcCode, GrpcHost, Host, HostError, MetricKind, ProxyWasmHost, SharedSetError,
+};
 
 /// The Envoy foreign function that drops the cached route of the current stream.
 const CLEAR_ROUTE_CACHE: &str = "clear_route_cache";
@@ -129,6 +131,7 @@ impl Host for ProxyWasmHost {
         let kind = match kind {
             MetricKind::Counter => MetricType::Counter,
             MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
         };
         hostcalls::define_metric(kind, name)
             .map_err(|status| HostError::new("define_metric", status))
@@ -142,6 +145,47 @@ impl Host for ProxyWasmHost {
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
         hostcalls::record_metric(id, value)
             .map_err(|status| HostError::new("record_metric", status))
+    }
+
+    fn resume_http_request(&self) -> Result<(), HostError> {
+        hostcalls::resume_http_request()
+            .map_err(|status| HostError::new("resume_http_request", status))
+    }
+
+    fn dispatch_grpc_call(
+        &self,
+        owner: CallOwner,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<u32, HostError> {
+        let dispatch = || {
+            hostcalls::dispatch_grpc_call(
+                cluster,
+                service,
+                method,
+                Vec::new(),
+                Some(message),
+                timeout,
+            )
+            .map_err(|status| HostError::new("dispatch_grpc_call", status))
+        };
+        match owner {
+            CallOwner::Current => dispatch(),
+            CallOwner::Root { root, current } => {
+                // Host calls now act for the root context, which lives as long
+                // as the VM, so the call is not cancelled with the HTTP stream.
+                hostcalls::set_effective_context(root)
+                    .map_err(|status| HostError::new("set_effective_context(root)", status))?;
+                let result = dispatch();
+                if let Err(status) = hostcalls::set_effective_context(current) {
+                    log::warn!("sidestream: cannot switch back to context {current}: {status:?}");
+                }
+                result
+            }
+        }
     }
 }
 

@@ -316,6 +316,7 @@ fn a_burst_of_sse_opens_across_two_workers_admits_exactly_the_burst() {
                     Some("application/json")
                 );
             }
+            Verdict::Pause => panic!("an envoy-scoped policy never waits"),
         }
     }
     assert_eq!(admitted.len(), 5);
