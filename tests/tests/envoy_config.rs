@@ -53,7 +53,7 @@ fn every_envoy_config_passes_envoy_validate() {
         .iter()
         .map(|f| f.file_name().expect("name").to_string_lossy().into_owned())
         .collect();
-    for expected in ["standalone.yaml", "stack.yaml"] {
+    for expected in ["standalone.yaml", "stack.yaml", "mesh.yaml"] {
         assert!(
             names.iter().any(|n| n == expected),
             "envoy-config/{expected} is missing"
@@ -189,4 +189,119 @@ fn stack_config_has_the_stream_settings() {
             "cluster {name}"
         );
     }
+}
+
+fn yaml(name: &str) -> serde_json::Value {
+    let file = sidestream_tests::workspace_root()
+        .join("envoy-config")
+        .join(name);
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name} is not YAML: {e}"))
+}
+
+fn plugin_config(config: &serde_json::Value) -> &str {
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .expect("plugin configuration")
+}
+
+/// mesh.yaml is standalone.yaml with `tenant-streams` mesh-scoped and a
+/// cluster for the limiter at 127.0.0.1:18300: the same listener, admin,
+/// upstreams and embedded policies otherwise.
+#[test]
+fn mesh_config_is_standalone_with_a_mesh_scoped_tenant_policy() {
+    use sidestream_core::config::{FilterBootstrap, LimitScope, MeshFallback};
+    let standalone = yaml("standalone.yaml");
+    let mesh = yaml("mesh.yaml");
+    assert_eq!(
+        mesh["admin"]["address"]["socket_address"]["port_value"],
+        9901
+    );
+    let listener = &mesh["static_resources"]["listeners"][0];
+    assert_eq!(listener["address"]["socket_address"]["port_value"], 10000);
+
+    let theirs = FilterBootstrap::from_json(plugin_config(&standalone).as_bytes())
+        .expect("standalone.yaml's bootstrap");
+    let ours = FilterBootstrap::from_json(plugin_config(&mesh).as_bytes()).unwrap_or_else(|e| {
+        panic!("mesh.yaml's plugin configuration is not a valid bootstrap: {e}")
+    });
+    let limiter = ours
+        .limiter
+        .clone()
+        .expect("mesh.yaml names the limiter")
+        .cluster;
+    assert!(
+        ours.control_plane.is_none(),
+        "no control plane, as standalone"
+    );
+    assert_eq!(ours.defaults.trace, theirs.defaults.trace);
+    assert_eq!(ours.defaults.releases, theirs.defaults.releases);
+    assert_eq!(
+        ours.defaults.stream_limits.len(),
+        theirs.defaults.stream_limits.len()
+    );
+    for (mine, standalone) in ours
+        .defaults
+        .stream_limits
+        .iter()
+        .zip(&theirs.defaults.stream_limits)
+    {
+        let mut as_envoy = mine.clone();
+        if mine.name == "tenant-streams" {
+            assert_eq!(mine.scope(), LimitScope::Mesh);
+            let settings = mine.mesh.expect("mesh settings");
+            assert_eq!(settings.fallback, MeshFallback::Local);
+            assert_eq!(settings.timeout, std::time::Duration::from_millis(50));
+            as_envoy.mesh = None;
+        }
+        assert_eq!(
+            &as_envoy, standalone,
+            "policy {} differs beyond its scope",
+            mine.name
+        );
+    }
+    assert!(
+        ours.defaults
+            .stream_limits
+            .iter()
+            .any(|p| p.name == "tenant-streams"),
+        "the tenant-streams policy"
+    );
+
+    // The listener is standalone's apart from the plugin configuration.
+    let without_config = |config: &serde_json::Value| {
+        let mut listener = config["static_resources"]["listeners"][0].clone();
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+            ["typed_config"]["config"]["configuration"] = serde_json::Value::Null;
+        listener
+    };
+    assert_eq!(without_config(&mesh), without_config(&standalone));
+
+    // Standalone's clusters, plus the limiter's (HTTP/2, 18300).
+    let clusters = mesh["static_resources"]["clusters"]
+        .as_array()
+        .expect("clusters");
+    let standalone_clusters = standalone["static_resources"]["clusters"]
+        .as_array()
+        .expect("clusters");
+    assert_eq!(clusters.len(), standalone_clusters.len() + 1);
+    for cluster in standalone_clusters {
+        assert!(clusters.contains(cluster), "{cluster} kept as is");
+    }
+    let limiter_cluster = clusters
+        .iter()
+        .find(|c| c["name"] == limiter.as_str())
+        .expect("the filter's limiter cluster exists");
+    assert!(
+        !limiter_cluster["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+            ["http2_protocol_options"]
+            .is_null(),
+        "the limiter cluster speaks HTTP/2 (gRPC)"
+    );
+    let address = &limiter_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        ["endpoint"]["address"]["socket_address"];
+    assert_eq!(address["address"], "127.0.0.1");
+    assert_eq!(address["port_value"], 18300);
 }
