@@ -524,21 +524,17 @@ fn level_1_rows() -> Vec<Row> {
         vec![no_member("foo"), no_member("bar")],
     ));
     // AdvancedTest: three callbacks each.
-    let three = |mut row: Row| {
-        row.callbacks = 3;
-        row
-    };
-    rows.push(three(row(
+    rows.push(three_callbacks(row(
         "test_multiple_requests_with_valid_traceparent",
         &[tp(&p01)],
         vec![TraceId(TRACE_ID), OneTraceId, DistinctParentIds],
     )));
-    rows.push(three(row(
+    rows.push(three_callbacks(row(
         "test_multiple_requests_without_traceparent",
         &[],
         vec![DistinctParentIds],
     )));
-    rows.push(three(row(
+    rows.push(three_callbacks(row(
         "test_multiple_requests_with_illegal_traceparent",
         &[tp(&format!("00-{}-{PARENT_ID}-01", "0".repeat(32)))],
         vec![
