@@ -105,6 +105,10 @@ struct Cli {
     /// Per-subscriber queue in messages; a subscriber this far behind is cut.
     #[arg(long, env = "SIDESTREAM_PUSH_QUEUE_CAPACITY", default_value_t = 1024)]
     queue_capacity: usize,
+    /// Per-subscriber queue in bytes of message data (4 MiB); a subscriber
+    /// whose queue would hold more is cut. One message of any size fits.
+    #[arg(long, env = "SIDESTREAM_PUSH_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    queue_bytes: usize,
     /// The SSE `retry` sent on connect.
     #[arg(long, env = "SIDESTREAM_PUSH_RETRY", value_parser = parse_duration, default_value = "2s")]
     retry: Duration,
@@ -138,6 +142,13 @@ struct Cli {
     /// How long an HTTP client may take to send a request head (408 after).
     #[arg(long, env = "SIDESTREAM_PUSH_REQUEST_HEAD_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     request_head_timeout: Duration,
+    /// How long one write to an SSE subscriber may take; one whose connection
+    /// does not drain within it is cut (it resumes with Last-Event-ID).
+    #[arg(long, env = "SIDESTREAM_PUSH_WRITE_DEADLINE", value_parser = parse_duration, default_value = "10s")]
+    write_deadline: Duration,
+    /// TCP keepalive on accepted connections: idle time before the first probe (0s: off).
+    #[arg(long, env = "SIDESTREAM_PUSH_TCP_KEEPALIVE", value_parser = parse_duration, default_value = "60s")]
+    tcp_keepalive: Duration,
     /// Log format.
     #[arg(
         long,
@@ -222,9 +233,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             "--queue-capacity must be at least 1"
         )));
     }
+    if cli.queue_bytes == 0 {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--queue-bytes must be at least 1"
+        )));
+    }
     if cli.request_head_timeout.is_zero() {
         return Err(Failure::Usage(anyhow::anyhow!(
             "--request-head-timeout must be above 0"
+        )));
+    }
+    if cli.write_deadline.is_zero() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--write-deadline must be above 0"
         )));
     }
     let file_topics = match &cli.config {
@@ -244,6 +265,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         node_id: node_id.clone(),
         heartbeat: cli.heartbeat,
         queue_capacity: cli.queue_capacity,
+        queue_bytes: cli.queue_bytes,
         retry: cli.retry,
         drain_retry: cli.drain_retry,
         drain_retry_jitter: cli.drain_retry_jitter,
@@ -256,6 +278,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         max_backlog: cli.max_backlog,
         max_topics: cli.max_topics,
         request_head_timeout: cli.request_head_timeout,
+        write_deadline: cli.write_deadline,
+        tcp_keepalive: Some(cli.tcp_keepalive).filter(|idle| !idle.is_zero()),
     };
     let registry = TopicRegistry::new(file_topics, cli.topics == TopicPolicy::Open);
     let state = AppState::new(settings, registry, &broker)
@@ -317,7 +341,7 @@ mod tests {
     use super::*;
 
     /// Every flag that takes a duration.
-    const DURATION_FLAGS: [&str; 8] = [
+    const DURATION_FLAGS: [&str; 10] = [
         "--heartbeat",
         "--retry",
         "--drain-retry",
@@ -326,6 +350,8 @@ mod tests {
         "--slow-delivery-threshold",
         "--idempotency-window",
         "--request-head-timeout",
+        "--write-deadline",
+        "--tcp-keepalive",
     ];
 
     #[test]

@@ -96,6 +96,18 @@ pub const CONFIG_UPDATES: (&str, &str) = (
     "sidestream_push_config_updates",
     "Control-plane snapshots, by result (ack, nack)",
 );
+pub const CONNECTIONS_DETECTED: (&str, &str) = (
+    "sidestream_push_connections_detected",
+    "New HTTP connections by what their first bytes were: sse (served directly), http1 or http2 (served by hyper), bad-request (refused), timeout (no request head in time), closed (closed before a request)",
+);
+pub const REQUEST_HEAD_TIMEOUTS: (&str, &str) = (
+    "sidestream_push_request_head_timeouts",
+    "HTTP connections closed because a request head did not arrive within the head deadline (408 when one had begun)",
+);
+pub const WRITE_DEADLINE_DISCONNECTS: (&str, &str) = (
+    "sidestream_push_write_deadline_disconnects",
+    "Subscribers cut because their connection did not take a write within the write deadline, by transport",
+);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TransportLabel {
@@ -122,6 +134,11 @@ struct ResultLabel {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
+}
+
 /// Per-transport handles, taken once so the hot path never looks up a family.
 #[derive(Debug, Clone)]
 struct PerTransport {
@@ -129,6 +146,7 @@ struct PerTransport {
     delivered: Counter,
     bytes: Counter,
     slow: Counter,
+    write_deadline: Counter,
     latency: LatencyHistogram,
 }
 
@@ -146,6 +164,8 @@ pub struct Metrics {
     replay_held: Gauge,
     draining: Gauge,
     config_updates: Family<ResultLabel, Counter>,
+    connections_detected: Family<ProtocolLabel, Counter>,
+    head_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -161,6 +181,7 @@ impl Metrics {
         let delivered = Family::<TransportLabel, Counter>::default();
         let bytes = Family::<TransportLabel, Counter>::default();
         let slow = Family::<TransportLabel, Counter>::default();
+        let write_deadline = Family::<TransportLabel, Counter>::default();
         let latency = Family::<TransportLabel, LatencyHistogram>::default();
         let per_transport = Transport::ALL.map(|t| {
             let label = TransportLabel {
@@ -171,6 +192,7 @@ impl Metrics {
                 delivered: delivered.get_or_create(&label).clone(),
                 bytes: bytes.get_or_create(&label).clone(),
                 slow: slow.get_or_create(&label).clone(),
+                write_deadline: write_deadline.get_or_create(&label).clone(),
                 latency: latency.get_or_create(&label).clone(),
             }
         });
@@ -185,6 +207,8 @@ impl Metrics {
             replay_held: Gauge::default(),
             draining: Gauge::default(),
             config_updates: Family::default(),
+            connections_detected: Family::default(),
+            head_timeouts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(STREAMS_ACTIVE.0, STREAMS_ACTIVE.1, active);
@@ -225,6 +249,21 @@ impl Metrics {
             CONFIG_UPDATES.1,
             metrics.config_updates.clone(),
         );
+        registry.register(
+            CONNECTIONS_DETECTED.0,
+            CONNECTIONS_DETECTED.1,
+            metrics.connections_detected.clone(),
+        );
+        registry.register(
+            REQUEST_HEAD_TIMEOUTS.0,
+            REQUEST_HEAD_TIMEOUTS.1,
+            metrics.head_timeouts.clone(),
+        );
+        registry.register(
+            WRITE_DEADLINE_DISCONNECTS.0,
+            WRITE_DEADLINE_DISCONNECTS.1,
+            write_deadline,
+        );
         Metrics {
             registry,
             ..metrics
@@ -258,6 +297,23 @@ impl Metrics {
 
     pub fn slow_consumer(&self, transport: Transport) {
         self.transport(transport).slow.inc();
+    }
+
+    /// A subscriber cut because its connection did not take a write in time.
+    pub fn write_deadline_disconnect(&self, transport: Transport) {
+        self.transport(transport).write_deadline.inc();
+    }
+
+    /// A new HTTP connection, by what its first bytes were (see [`CONNECTIONS_DETECTED`]).
+    pub fn connection_detected(&self, protocol: &'static str) {
+        self.connections_detected
+            .get_or_create(&ProtocolLabel { protocol })
+            .inc();
+    }
+
+    /// A connection closed because its request head was late.
+    pub fn request_head_timeout(&self) {
+        self.head_timeouts.inc();
     }
 
     pub fn active_streams(&self, transport: Transport) -> i64 {

@@ -1,27 +1,39 @@
-//! Serving: the HTTP accept loop (SSE subscriptions on HTTP/1.1 served
-//! directly, see [`direct_sse`]; everything else by hyper, with a handle to
-//! cut each connection), the gRPC server, and the drain.
+//! Serving: the HTTP accept loop (each connection's protocol found by
+//! [`detect`]; SSE subscriptions on HTTP/1.1 served directly, see
+//! [`direct_sse`]; everything else by hyper, with a handle to cut each
+//! connection), the gRPC server, and the drain.
 
+pub mod detect;
 pub mod direct_sse;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse;
+use futures::future::Either;
+use futures::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use crate::error::PushError;
 use crate::hub::ConnectionControl;
 use crate::state::AppState;
+use detect::Detection;
 
 /// Largest buffer hyper keeps per connection (read and write).
 const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 /// How long a cut connection may still write before it is closed.
 const CUT_GRACE: Duration = Duration::from_secs(2);
+/// TCP keepalive: time between probes once they started.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// TCP keepalive: unanswered probes before the kernel drops the connection.
+const KEEPALIVE_PROBES: u32 = 3;
 
 /// A signal that the servers should stop (set after the drain).
 #[derive(Debug, Clone)]
@@ -78,6 +90,7 @@ pub async fn serve_http(listener: TcpListener, state: Arc<AppState>, shutdown: S
             }
         };
         let _ = stream.set_nodelay(true);
+        set_keepalive(&stream, state.settings.tcp_keepalive);
         tokio::spawn(serve_connection(
             stream,
             peer,
@@ -89,29 +102,64 @@ pub async fn serve_http(listener: TcpListener, state: Arc<AppState>, shutdown: S
     }
 }
 
+/// TCP keepalive on an accepted connection (`None`: off): a peer that
+/// vanished without a FIN or RST is found after `idle` plus a few probes.
+fn set_keepalive(stream: &TcpStream, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return;
+    };
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "Cannot set TCP keepalive");
+    }
+}
+
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     state: Arc<AppState>,
     router: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: Shutdown,
 ) {
-    let head_timeout = state.settings.request_head_timeout;
-    match Box::pin(direct_sse::open(stream, head_timeout)).await {
-        direct_sse::Opening::Sse(stream, request) => {
+    // One head deadline from the accept, whoever reads the head.
+    let deadline = tokio::time::Instant::now() + state.settings.request_head_timeout;
+    let detection = Box::pin(detect::detect(
+        stream,
+        deadline,
+        state.settings.write_deadline,
+    ))
+    .await;
+    state.metrics.connection_detected(detection.label());
+    match detection {
+        Detection::DirectSse(stream, request) => {
             // Boxed: an idle subscriber's task then holds only what its stream needs.
             Box::pin(direct_sse::serve(stream, request, state, shutdown)).await;
         }
-        direct_sse::Opening::Other(stream) => {
-            Box::pin(serve_hyper(stream, peer, router, builder, shutdown)).await;
+        Detection::Hyper(stream, protocol) => {
+            let (stream, request_seen) =
+                stream.head_deadline(deadline, protocol, state.metrics.clone());
+            Box::pin(serve_hyper(
+                stream,
+                request_seen,
+                peer,
+                router,
+                builder,
+                shutdown,
+            ))
+            .await;
         }
-        direct_sse::Opening::Done => {}
+        Detection::TimedOut => state.metrics.request_head_timeout(),
+        Detection::BadRequest | Detection::Closed => {}
     }
 }
 
 async fn serve_hyper(
-    stream: direct_sse::Rewind,
+    stream: detect::Rewind,
+    request_seen: Arc<AtomicBool>,
     peer: SocketAddr,
     router: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -120,8 +168,12 @@ async fn serve_hyper(
     let control = Arc::new(ConnectionControl::default());
     let request_control = control.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request_seen.store(true, Ordering::Release);
+        if let Some(refused) = refuse_host(&request) {
+            return Either::Left(std::future::ready(Ok(refused)));
+        }
         request.extensions_mut().insert(request_control.clone());
-        router.clone().oneshot(request)
+        Either::Right(router.clone().oneshot(request))
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -142,13 +194,39 @@ async fn serve_hyper(
     let _ = tokio::time::timeout(CUT_GRACE, connection).await;
 }
 
+/// The 400 for an HTTP/1.1 request whose `Host` breaks RFC 9112 §3.2 (the
+/// connection closes after it: the client is confused about something).
+fn refuse_host<B>(request: &hyper::Request<B>) -> Option<axum::response::Response> {
+    if request.version() != hyper::Version::HTTP_11 {
+        return None;
+    }
+    let hosts = request
+        .headers()
+        .get_all(hyper::header::HOST)
+        .iter()
+        .map(|v| v.as_bytes());
+    let problem = detect::host_problem(hosts)?;
+    let mut response = PushError::BadRequest(problem).into_response();
+    response.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    Some(response)
+}
+
 /// Serves the gRPC API on `listener` until `shutdown`.
 pub async fn serve_grpc(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let keepalive = state.settings.tcp_keepalive;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
+        if let Ok(stream) = &accepted {
+            set_keepalive(stream, keepalive);
+        }
+        accepted
+    });
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

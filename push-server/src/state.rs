@@ -32,6 +32,9 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// Per-subscriber queue, in messages; a subscriber that falls this far behind is cut.
     pub queue_capacity: usize,
+    /// Per-subscriber queue, in bytes of message data; a subscriber whose
+    /// queue would hold more is cut (one message of any size always fits).
+    pub queue_bytes: usize,
     /// The SSE `retry` sent on connect.
     pub retry: Duration,
     /// On drain streams end with `retry` = `drain_retry` + up to `drain_retry_jitter`.
@@ -51,6 +54,12 @@ pub struct Settings {
     pub max_topics: usize,
     /// How long an HTTP/1.1 client may take to send a request head (slowloris).
     pub request_head_timeout: Duration,
+    /// How long one write to a directly served SSE subscriber may take; a
+    /// connection that does not drain within it is cut.
+    pub write_deadline: Duration,
+    /// TCP keepalive on accepted connections: idle time before the first
+    /// probe (`None`: off).
+    pub tcp_keepalive: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -59,6 +68,7 @@ impl Default for Settings {
             node_id: "push".into(),
             heartbeat: Duration::from_secs(15),
             queue_capacity: 1024,
+            queue_bytes: 4 * 1024 * 1024,
             retry: Duration::from_secs(2),
             drain_retry: Duration::from_secs(1),
             drain_retry_jitter: Duration::from_secs(5),
@@ -71,6 +81,8 @@ impl Default for Settings {
             max_backlog: 1_000_000,
             max_topics: 100_000,
             request_head_timeout: Duration::from_secs(30),
+            write_deadline: Duration::from_secs(10),
+            tcp_keepalive: Some(Duration::from_secs(60)),
         }
     }
 }

@@ -10,22 +10,24 @@
 //! the shared frames, batching whatever is queued. Anything else — other
 //! paths, other methods, HTTP/1.0, upgrades, HTTP/2, request bodies,
 //! absolute-form targets, heads above 8 KiB, unparsable heads —
-//! goes to hyper, which reads the bytes already taken first ([`Rewind`]) and
-//! answers malformed requests with its own 4xx. A head that does not arrive
-//! within the head timeout gets 408.
+//! goes to hyper, which reads the bytes already taken first and answers
+//! malformed requests with its own 4xx; [`super::detect`] is that first step.
+//!
+//! Every write to the socket must complete within the write deadline: a
+//! subscriber whose connection does not drain is cut (logged with the reason,
+//! counted in `sidestream_push_write_deadline_disconnects_total`) and resumes
+//! with the `Last-Event-ID` of the last event it read whole.
 
 use std::io::IoSlice;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::IntoResponse;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::FutureExt;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::Shutdown;
@@ -33,17 +35,14 @@ use crate::error::PushError;
 use crate::http::sse::{self, SseBody};
 use crate::http::QueryParams;
 use crate::hub::ConnectionControl;
+use crate::metrics::Transport;
 use crate::state::AppState;
 
 /// The path served directly.
 const EVENTS_PATH: &str = "/v1/events";
 /// What a request served here starts with.
 const REQUEST_PREFIX: &[u8] = b"GET /v1/events";
-/// First read of a connection.
-const FIRST_READ: usize = 1024;
-/// Largest request head handled here (larger ones go to hyper).
-const MAX_HEAD: usize = 8 * 1024;
-/// Most headers parsed.
+/// Most headers parsed (a head with more goes to hyper, which takes 100).
 const MAX_HEADERS: usize = 48;
 /// Frames gathered into one write.
 const MAX_BATCH_FRAMES: usize = 64;
@@ -60,63 +59,20 @@ pub struct SseRequest {
     headers: HeaderMap,
 }
 
-/// What a new connection turned out to be.
-pub enum Opening {
-    /// A `GET /v1/events` served here; its head has been consumed.
-    Sse(TcpStream, SseRequest),
-    /// Anything else: hyper serves it, reading the bytes already taken first.
-    Other(Rewind),
-    /// The connection closed, or its head did not arrive in time (answered).
-    Done,
-}
-
-/// Reads the start of a new connection and tells who serves it. The head
-/// must arrive within `head_timeout` (slowloris): a client that sent part of
-/// one gets 408, one that sent nothing is closed.
-pub async fn open(mut stream: TcpStream, head_timeout: Duration) -> Opening {
-    let mut buf = vec![0u8; FIRST_READ];
-    let mut filled = 0;
-    let deadline = tokio::time::sleep(head_timeout);
-    tokio::pin!(deadline);
-    loop {
-        let read = tokio::select! {
-            read = stream.read(&mut buf[filled..]) => read,
-            () = &mut deadline => {
-                if filled > 0 {
-                    let _ = tokio::time::timeout(
-                        CUT_GRACE,
-                        write_error(&mut stream, PushError::RequestTimeout),
-                    )
-                    .await;
-                }
-                return Opening::Done;
-            }
-        };
-        match read {
-            Ok(0) if filled == 0 => return Opening::Done,
-            // A partial head and EOF: hyper answers it.
-            Ok(0) => return Opening::Other(Rewind::new(stream, buf, filled)),
-            Ok(n) => filled += n,
-            Err(_) => return Opening::Done,
-        }
-        match classify(&buf[..filled]) {
-            Head::Ours(request) => return Opening::Sse(stream, request),
-            Head::Other => return Opening::Other(Rewind::new(stream, buf, filled)),
-            Head::Partial if filled < buf.len() => {}
-            Head::Partial if buf.len() < MAX_HEAD => buf.resize(buf.len() * 2, 0),
-            Head::Partial => return Opening::Other(Rewind::new(stream, buf, filled)),
-        }
-    }
-}
-
-enum Head {
+/// What the start of a connection is to the direct path.
+pub(crate) enum Head {
+    /// A complete `GET /v1/events` head over HTTP/1.1, served here.
     Ours(SseRequest),
+    /// A complete head this path refuses (with this error).
+    Refused(PushError),
+    /// Not for this path: hyper serves it.
     Other,
+    /// Not complete yet.
     Partial,
 }
 
 /// Whether `seen` (the start of a connection) is a complete request served here.
-fn classify(seen: &[u8]) -> Head {
+pub(crate) fn classify(seen: &[u8]) -> Head {
     let compared = seen.len().min(REQUEST_PREFIX.len());
     if seen[..compared] != REQUEST_PREFIX[..compared] {
         return Head::Other; // not ours: hyper serves it
@@ -126,39 +82,52 @@ fn classify(seen: &[u8]) -> Head {
     match request.parse(seen) {
         // Bytes after the head (pipelined requests) are dropped: the
         // response says `connection: close`.
-        Ok(httparse::Status::Complete(_)) => match parse(&request) {
-            Some(parsed) => Head::Ours(parsed),
-            None => Head::Other,
-        },
+        Ok(httparse::Status::Complete(_)) => parse(&request),
         Ok(httparse::Status::Partial) => Head::Partial,
         Err(_) => Head::Other,
     }
 }
 
-fn parse(request: &httparse::Request<'_, '_>) -> Option<SseRequest> {
+fn parse(request: &httparse::Request<'_, '_>) -> Head {
     if request.method != Some("GET") || request.version != Some(1) {
-        return None;
+        return Head::Other;
     }
-    let target = request.path?;
+    let Some(target) = request.path else {
+        return Head::Other;
+    };
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
     if path != EVENTS_PATH {
-        return None;
+        return Head::Other;
+    }
+    let hosts = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value);
+    if let Some(problem) = super::detect::host_problem(hosts) {
+        return Head::Refused(PushError::BadRequest(problem));
     }
     let mut headers = HeaderMap::with_capacity(request.headers.len());
     for header in request.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
+        let Ok(name) = HeaderName::from_bytes(header.name.as_bytes()) else {
+            return Head::Other;
+        };
+        // Bodies (even duplicate `content-length: 0`) and upgrades: hyper's.
         if name == "upgrade"
             || name == "transfer-encoding"
-            || (name == "content-length" && header.value != b"0")
+            || (name == "content-length" && (header.value != b"0" || headers.contains_key(&name)))
         {
-            return None;
+            return Head::Other;
         }
-        headers.append(name, HeaderValue::from_bytes(header.value).ok()?);
+        let Ok(value) = HeaderValue::from_bytes(header.value) else {
+            return Head::Other;
+        };
+        headers.append(name, value);
     }
-    Some(SseRequest {
+    Head::Ours(SseRequest {
         query: QueryParams::parse(query),
         headers,
     })
@@ -172,6 +141,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: Shutdown,
 ) {
+    let write_deadline = state.settings.write_deadline;
     let control = Arc::new(ConnectionControl::default());
     // Boxed one-time phases keep the long-lived task small.
     let opened = Box::pin(sse::open(
@@ -185,11 +155,13 @@ pub async fn serve(
     let mut body = match opened {
         Ok(body) => body,
         Err(error) => {
-            let _ = Box::pin(write_error(&mut stream, error)).await;
+            let _ = tokio::time::timeout(write_deadline, Box::pin(write_error(&mut stream, error)))
+                .await;
             return;
         }
     };
-    if stream.write_all(RESPONSE_HEAD).await.is_err() {
+    let head = tokio::time::timeout(write_deadline, stream.write_all(RESPONSE_HEAD)).await;
+    if !matches!(head, Ok(Ok(()))) {
         return;
     }
     let cut = async {
@@ -217,9 +189,21 @@ pub async fn serve(
         push_frame(&mut frames, first);
         gather(&mut body, &mut frames, &mut ended);
         let written = tokio::select! {
-            written = write_chunk(&mut stream, &frames, ended) => written,
+            written = tokio::time::timeout(write_deadline, write_chunk(&mut stream, &frames, ended)) => written,
             () = &mut cut => return,
             () = &mut stop => return,
+        };
+        let Ok(written) = written else {
+            // The client does not read (or its network stalled): cut. Its
+            // last whole event's id resumes it.
+            state.metrics.write_deadline_disconnect(Transport::Sse);
+            tracing::info!(
+                reason = "write-deadline",
+                deadline = ?write_deadline,
+                transport = Transport::Sse.as_str(),
+                "Subscriber cut: its connection did not take a write in time"
+            );
+            return;
         };
         if written.is_err() || ended {
             if ended {
@@ -323,11 +307,20 @@ async fn client_gone(stream: &TcpStream) {
     }
 }
 
-async fn write_error(stream: &mut TcpStream, error: PushError) -> std::io::Result<()> {
+/// Writes `error`'s response and closes the connection's write side.
+pub(super) async fn write_error(stream: &mut TcpStream, error: PushError) -> std::io::Result<()> {
+    stream.write_all(&response_bytes(error)).await?;
+    stream.shutdown().await
+}
+
+/// `error`'s response as bytes on the wire (HTTP/1.1, `connection: close`).
+pub(super) fn response_bytes(error: PushError) -> Vec<u8> {
     let response = error.into_response();
     let (parts, body) = response.into_parts();
+    // The error bodies are JSON in memory: ready at once.
     let body = axum::body::to_bytes(body, 64 * 1024)
-        .await
+        .now_or_never()
+        .and_then(Result::ok)
         .unwrap_or_default();
     let mut head = format!(
         "HTTP/1.1 {} {}\r\n",
@@ -343,76 +336,9 @@ async fn write_error(stream: &mut TcpStream, error: PushError) -> std::io::Resul
         "content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     ));
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&body).await?;
-    stream.shutdown().await
-}
-
-/// A connection whose first bytes were already read: reads return them
-/// first (then the buffer is freed), writes go straight to the socket.
-pub struct Rewind {
-    prefix: Bytes,
-    stream: TcpStream,
-}
-
-impl Rewind {
-    fn new(stream: TcpStream, mut buf: Vec<u8>, filled: usize) -> Rewind {
-        buf.truncate(filled);
-        Rewind {
-            prefix: Bytes::from(buf),
-            stream,
-        }
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            if this.prefix.is_empty() {
-                this.prefix = Bytes::new(); // free the head buffer
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes
 }
 
 #[cfg(test)]
@@ -443,8 +369,28 @@ mod tests {
             "GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc",
             "GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n\r\n",
             "GET /v1/events?topic=a HTTP/1.1\r\nbad header\r\n\r\n",
+            "GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
+            "GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\ncontent-length: 4\r\n\r\n",
         ] {
             assert!(matches!(classify(other.as_bytes()), Head::Other), "{other}");
+        }
+        for (refused, problem) in [
+            ("GET /v1/events?topic=a HTTP/1.1\r\n\r\n", "no Host header"),
+            (
+                "GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\nHost: y\r\n\r\n",
+                "2 Host headers",
+            ),
+            (
+                "GET /v1/events?topic=a HTTP/1.1\r\nhost: a b\r\n\r\n",
+                "is not a host[:port]",
+            ),
+        ] {
+            match classify(refused.as_bytes()) {
+                Head::Refused(PushError::BadRequest(message)) => {
+                    assert!(message.contains(problem), "{refused}: {message}")
+                }
+                _ => panic!("{refused}: not refused"),
+            }
         }
     }
 
