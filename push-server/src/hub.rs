@@ -1,10 +1,12 @@
 //! Local fan-out: the streams of this node subscribed to each topic, each with
-//! a bounded queue. A message is handed to every subscriber's queue as one
-//! shared `Arc`; a subscriber whose queue is full is cut (slow consumer) instead
-//! of growing memory.
+//! a queue bounded in messages and in bytes. A message is handed to every
+//! subscriber's queue as one shared `Arc`; a subscriber whose queue is full is
+//! cut (slow consumer) instead of growing memory. Shared or not, what a queue
+//! holds stays in memory while it is queued (history may have dropped it), so
+//! the byte bound is what limits the memory slow subscribers pin.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{mpsc, Notify, OnceCell};
@@ -49,6 +51,9 @@ pub struct StreamHandle {
     overflowed: AtomicBool,
     pub transport: Transport,
     capacity: usize,
+    /// Bytes of message data queued, and the most there may be.
+    queued_bytes: AtomicUsize,
+    byte_capacity: usize,
     connection: Option<Arc<ConnectionControl>>,
 }
 
@@ -61,6 +66,37 @@ impl StreamHandle {
     /// Deliveries queued and not yet taken by the stream.
     pub fn queued(&self) -> usize {
         self.capacity.saturating_sub(self.tx.capacity())
+    }
+
+    /// Bytes of message data queued and not yet taken by the stream.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// The stream took `message` from its queue.
+    pub fn taken(&self, message: &Message) {
+        self.queued_bytes
+            .fetch_sub(message.data.len(), Ordering::AcqRel);
+    }
+
+    /// Counts `size` bytes in, unless the queue already holds something and
+    /// would then hold more than its byte capacity.
+    fn reserve(&self, size: usize) -> bool {
+        let mut queued = self.queued_bytes.load(Ordering::Acquire);
+        loop {
+            if queued > 0 && queued.saturating_add(size) > self.byte_capacity {
+                return false;
+            }
+            match self.queued_bytes.compare_exchange_weak(
+                queued,
+                queued + size,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => queued = now,
+            }
+        }
     }
 
     fn overflow(&self, metrics: &Metrics) {
@@ -134,11 +170,13 @@ impl Hub {
         }
     }
 
-    /// A new stream with a queue of `capacity` deliveries.
+    /// A new stream with a queue of `capacity` deliveries and
+    /// `byte_capacity` bytes of message data (one message always fits).
     pub fn open_stream(
         &self,
         transport: Transport,
         capacity: usize,
+        byte_capacity: usize,
         connection: Option<Arc<ConnectionControl>>,
     ) -> (Arc<StreamHandle>, mpsc::Receiver<Delivery>, StreamKey) {
         let capacity = capacity.max(1);
@@ -148,6 +186,8 @@ impl Hub {
             overflowed: AtomicBool::new(false),
             transport,
             capacity,
+            queued_bytes: AtomicUsize::new(0),
+            byte_capacity,
             connection,
         });
         let slot = lock(&self.streams).insert(handle.clone());
@@ -236,14 +276,23 @@ impl Hub {
             if handle.overflowed() {
                 continue;
             }
+            let size = message.data.len();
+            if !handle.reserve(size) {
+                tracing::debug!(topic = %message.topic, transport = handle.transport.as_str(), queued_bytes = handle.queued_bytes(), "Subscriber queue bytes full: cutting a slow consumer");
+                handle.overflow(&self.metrics);
+                continue;
+            }
             match handle.tx.try_send(Delivery::Message(message.clone())) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    handle.queued_bytes.fetch_sub(size, Ordering::AcqRel);
                     tracing::debug!(topic = %message.topic, transport = handle.transport.as_str(), "Subscriber queue full: cutting a slow consumer");
                     handle.overflow(&self.metrics);
                 }
                 // The stream is ending; it unsubscribes itself.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    handle.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                }
             }
         }
         delivered
@@ -324,4 +373,67 @@ impl Slots {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Epoch, MessageId};
+
+    fn message(topic: &Arc<str>, seq: u64, size: usize) -> Arc<Message> {
+        Arc::new(Message::new(
+            topic.clone(),
+            MessageId {
+                epoch: Epoch(1),
+                seq,
+            },
+            None,
+            bytes::Bytes::from(vec![b'x'; size]),
+            0,
+            None,
+        ))
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_bytes_as_well_as_in_messages() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(metrics.clone());
+        let topic: Arc<str> = Arc::from("t");
+        let (handle, mut rx, _key) = hub.open_stream(Transport::Sse, 100, 10, None);
+        let _sub = hub.subscribe(&topic, &handle);
+        // A message above the byte capacity fits in an empty queue.
+        assert_eq!(hub.dispatch(&message(&topic, 1, 25)), 1);
+        assert_eq!(handle.queued_bytes(), 25);
+        let Ok(Delivery::Message(taken)) = rx.try_recv() else {
+            panic!("the message is queued");
+        };
+        handle.taken(&taken);
+        assert_eq!(handle.queued_bytes(), 0);
+        // 4 + 4 fit in 10 bytes; 4 more would not: cut, though 97 slots are free.
+        assert_eq!(hub.dispatch(&message(&topic, 2, 4)), 1);
+        assert_eq!(hub.dispatch(&message(&topic, 3, 4)), 1);
+        assert!(!handle.overflowed());
+        assert_eq!(hub.dispatch(&message(&topic, 4, 4)), 0);
+        assert!(handle.overflowed());
+        assert_eq!(handle.queued(), 2);
+        assert_eq!(handle.queued_bytes(), 8);
+        assert!(metrics
+            .encode(0)
+            .contains("sidestream_push_slow_consumer_disconnects_total{transport=\"sse\"} 1"));
+    }
+
+    #[test]
+    fn a_queue_is_still_bounded_in_messages() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let topic: Arc<str> = Arc::from("t");
+        let (handle, _rx, _key) = hub.open_stream(Transport::WebSocket, 2, 1 << 20, None);
+        let _sub = hub.subscribe(&topic, &handle);
+        for seq in 1..=2 {
+            assert_eq!(hub.dispatch(&message(&topic, seq, 1)), 1);
+        }
+        assert_eq!(hub.dispatch(&message(&topic, 3, 1)), 0);
+        assert!(handle.overflowed());
+        // What was refused is not counted as queued.
+        assert_eq!(handle.queued_bytes(), 2);
+    }
 }

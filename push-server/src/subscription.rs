@@ -163,10 +163,12 @@ impl Subscription {
                 retry_ms: state.drain_retry_ms(),
             });
         }
-        let (handle, rx, stream_key) =
-            state
-                .hub
-                .open_stream(transport, state.settings.queue_capacity, connection);
+        let (handle, rx, stream_key) = state.hub.open_stream(
+            transport,
+            state.settings.queue_capacity,
+            state.settings.queue_bytes,
+            connection,
+        );
         Ok(Subscription {
             state: state.clone(),
             handle,
@@ -492,6 +494,7 @@ impl Subscription {
                 tracing::info!(
                     transport = self.handle.transport.as_str(),
                     capacity = self.state.settings.queue_capacity,
+                    queue_bytes = self.state.settings.queue_bytes,
                     "Slow consumer cut"
                 );
                 return Poll::Ready(Some(Event::SlowConsumer));
@@ -530,6 +533,7 @@ impl Subscription {
             }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(Delivery::Message(message))) => {
+                    self.handle.taken(&message);
                     let Some(index) = self.cursors.iter().position(|c| {
                         Arc::ptr_eq(&c.name, &message.topic) || c.name == message.topic
                     }) else {
