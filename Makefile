@@ -31,9 +31,10 @@ deps-bench:
 filter:
 	scripts/build-filter.sh
 
-## Native binaries (debug) plus the filter: what the tests start.
+## Native binaries (debug) plus the filter: what the tests start (and the
+## push server's gRPC example client, which tests/tests/api_docs.rs runs).
 build: filter
-	cargo build --workspace --bins
+	cargo build --workspace --bins --examples
 
 lint:
 	cargo fmt --all -- --check
