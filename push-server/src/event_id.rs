@@ -8,7 +8,8 @@
 //! A one-topic stream's id is therefore exactly the message id. Examples:
 //! `k3x9a2-17` (one topic), `k3x9a2-17.4.0` (three topics of one epoch),
 //! `k3x9a2-17.q1w2-4`. The topic an event belongs to is the one whose position
-//! advanced (and is the `topic` of the WebSocket and gRPC frames).
+//! advanced (and is the `topic` of the WebSocket and gRPC frames); a stream
+//! opened with `eventName=topic` also names it in each event's `event:` field.
 
 use crate::message::{Epoch, MessageId};
 
