@@ -35,7 +35,7 @@ pub use release::{
 };
 pub use route::{HostPattern, RawRouteMatch, RouteMatch};
 pub use snapshot::{RawSnapshot, Snapshot};
-pub use topic::{RawTopicSettings, SubscribeAuth, TopicSettings};
+pub use topic::{RawTopicSettings, Revoked, SubscribeAuth, TopicSettings, MAX_REVOKED};
 pub use trace::{RawB3Settings, RawTraceSettings, TraceSettings};
 
 pub(crate) use error::Problems;

@@ -68,7 +68,8 @@ fn contract_examples_parse() {
     let trace = json!({ "enabled": true, "sampleRatio": 1.0, "requestIdHeader": "x-request-id",
         "b3": { "accept": false, "emit": false }, "responseHeader": "x-trace-id" });
     let topic = json!({ "historySize": 1000, "historyMaxAgeSeconds": 3600, "maxMessageBytes": 65536,
-        "publishKeys": [], "subscribeAuth": "none" });
+        "publishKeys": [], "subscribeAuth": "token", "revokedSubjects": ["mallory"],
+        "revokedTokenIds": ["0f1e2d3c"] });
     for (kind, name, spec) in [
         (Kind::Trace, "default", trace),
         (Kind::Release, "push", release_spec()),
@@ -239,6 +240,22 @@ fn every_problem_is_reported() {
             "maxMessageBytes",
             "publishKeys[0]"
         ]
+    );
+    let long = "x".repeat(257);
+    let e = err(
+        Kind::Topic,
+        "t",
+        json!({ "revokedSubjects": ["alice", "", "alice", long], "revokedTokenIds": ["a\nb"] }),
+    );
+    assert_eq!(
+        e.to_string(),
+        "topic 't': 4 problems: revokedSubjects[1]: must be 1..=256 bytes, not 0; revokedSubjects[2]: 'alice' is listed twice; revokedSubjects[3]: must be 1..=256 bytes, not 257; revokedTokenIds[0]: \"a\\nb\" holds a control character"
+    );
+    let too_many: Vec<String> = (0..=MAX_REVOKED).map(|i| format!("s{i}")).collect();
+    let e = err(Kind::Topic, "t", json!({ "revokedTokenIds": too_many }));
+    assert_eq!(
+        e.to_string(),
+        "topic 't': revokedTokenIds: 10001 entries is above 10000"
     );
     let e = err(
         Kind::Trace,
@@ -848,5 +865,34 @@ fn rule_and_key_header_names_must_be_lowercase_header_names() {
         limit(":authority").unwrap_err().to_string(),
         "stream limit policy 'l': key.name: ':authority' is a pseudo-header; name a regular \
          request header"
+    );
+}
+
+#[test]
+fn a_topic_refuses_revoked_subjects_and_token_ids() {
+    let Item::Topic(topic) = parse_spec_value(
+        Kind::Topic,
+        "t",
+        json!({ "subscribeAuth": "token", "revokedSubjects": ["mallory"], "revokedTokenIds": ["jti-7"] }),
+    )
+    .unwrap() else {
+        panic!("a topic")
+    };
+    assert_eq!(topic.revokes(Some("mallory"), None), Some(Revoked::Subject));
+    assert_eq!(
+        topic.revokes(Some("alice"), Some("jti-7")),
+        Some(Revoked::TokenId)
+    );
+    assert_eq!(
+        topic
+            .revokes(Some("mallory"), Some("jti-7"))
+            .map(Revoked::field),
+        Some("revokedSubjects")
+    );
+    assert_eq!(topic.revokes(Some("alice"), Some("jti-8")), None);
+    assert_eq!(topic.revokes(None, None), None);
+    assert_eq!(
+        TopicSettings::defaults("t").revokes(Some("mallory"), None),
+        None
     );
 }

@@ -1,5 +1,6 @@
 //! TopicSettings (`v1/topics/<name>`), read by the push servers.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -30,6 +31,17 @@ pub struct RawTopicSettings {
     /// Who may subscribe: `none` (anyone) or `token` (a JWT with a topic claim).
     #[serde(default)]
     pub subscribe_auth: SubscribeAuth,
+    /// Subscription tokens refused by subject (their `sub` claim): refused
+    /// at open, and open streams holding one end within a second of these
+    /// settings arriving; at most 10000, each 1..=256 bytes without
+    /// control characters.
+    #[serde(default)]
+    pub revoked_subjects: Vec<String>,
+    /// Subscription tokens refused by id (their `jti` claim), as
+    /// `revokedSubjects`; at most 10000, each 1..=256 bytes without control
+    /// characters.
+    #[serde(default)]
+    pub revoked_token_ids: Vec<String>,
 }
 
 fn default_history_size() -> u64 {
@@ -52,6 +64,8 @@ impl Default for RawTopicSettings {
             max_message_bytes: default_max_message_bytes(),
             publish_keys: Vec::new(),
             subscribe_auth: SubscribeAuth::None,
+            revoked_subjects: Vec::new(),
+            revoked_token_ids: Vec::new(),
         }
     }
 }
@@ -76,7 +90,35 @@ pub struct TopicSettings {
     pub max_message_bytes: usize,
     pub publish_keys: Vec<String>,
     pub subscribe_auth: SubscribeAuth,
+    /// Token subjects (`sub`) refused for subscribing.
+    pub revoked_subjects: BTreeSet<String>,
+    /// Token ids (`jti`) refused for subscribing.
+    pub revoked_token_ids: BTreeSet<String>,
 }
+
+/// Why a topic refuses a subscription token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// Its subject is in `revokedSubjects`.
+    Subject,
+    /// Its id is in `revokedTokenIds`.
+    TokenId,
+}
+
+impl Revoked {
+    /// The settings field that refuses the token.
+    pub fn field(self) -> &'static str {
+        match self {
+            Revoked::Subject => "revokedSubjects",
+            Revoked::TokenId => "revokedTokenIds",
+        }
+    }
+}
+
+/// Most entries of one revocation list.
+pub const MAX_REVOKED: usize = 10_000;
+/// Longest entry of a revocation list, in bytes.
+const MAX_REVOKED_LEN: usize = 256;
 
 const MAX_HISTORY: u64 = 1_000_000;
 const MAX_MESSAGE: u64 = 16 * 1024 * 1024;
@@ -92,7 +134,21 @@ impl TopicSettings {
             max_message_bytes: 65_536,
             publish_keys: Vec::new(),
             subscribe_auth: SubscribeAuth::None,
+            revoked_subjects: BTreeSet::new(),
+            revoked_token_ids: BTreeSet::new(),
         }
+    }
+
+    /// Whether a subscription token with subject `sub` and id `jti` is
+    /// refused here, and by which list.
+    pub fn revokes(&self, sub: Option<&str>, jti: Option<&str>) -> Option<Revoked> {
+        if sub.is_some_and(|sub| self.revoked_subjects.contains(sub)) {
+            return Some(Revoked::Subject);
+        }
+        if jti.is_some_and(|jti| self.revoked_token_ids.contains(jti)) {
+            return Some(Revoked::TokenId);
+        }
+        None
     }
 
     pub(crate) fn from_raw(name: &str, raw: RawTopicSettings) -> Result<Self, Vec<Problem>> {
@@ -122,6 +178,10 @@ impl TopicSettings {
                 problems.push(format!("publishKeys[{i}]"), "is listed twice");
             }
         }
+        let revoked_subjects =
+            revocation_list(&mut problems, "revokedSubjects", &raw.revoked_subjects);
+        let revoked_token_ids =
+            revocation_list(&mut problems, "revokedTokenIds", &raw.revoked_token_ids);
         problems.into_result(TopicSettings {
             name: name.to_owned(),
             history_size: usize::try_from(raw.history_size).unwrap_or(usize::MAX),
@@ -129,6 +189,8 @@ impl TopicSettings {
             max_message_bytes: usize::try_from(raw.max_message_bytes).unwrap_or(usize::MAX),
             publish_keys: raw.publish_keys,
             subscribe_auth: raw.subscribe_auth,
+            revoked_subjects,
+            revoked_token_ids,
         })
     }
 
@@ -139,6 +201,39 @@ impl TopicSettings {
             max_message_bytes: self.max_message_bytes as u64,
             publish_keys: self.publish_keys.clone(),
             subscribe_auth: self.subscribe_auth,
+            revoked_subjects: self.revoked_subjects.iter().cloned().collect(),
+            revoked_token_ids: self.revoked_token_ids.iter().cloned().collect(),
         }
     }
+}
+
+/// Checks one revocation list (size, entries, duplicates) and returns it as a set.
+fn revocation_list(problems: &mut Problems, field: &str, list: &[String]) -> BTreeSet<String> {
+    if list.len() > MAX_REVOKED {
+        problems.push(
+            field,
+            format!("{} entries is above {MAX_REVOKED}", list.len()),
+        );
+        return BTreeSet::new();
+    }
+    let mut set = BTreeSet::new();
+    for (i, entry) in list.iter().enumerate() {
+        if entry.is_empty() || entry.len() > MAX_REVOKED_LEN {
+            problems.push(
+                format!("{field}[{i}]"),
+                format!("must be 1..={MAX_REVOKED_LEN} bytes, not {}", entry.len()),
+            );
+        } else if entry.chars().any(char::is_control) {
+            problems.push(
+                format!("{field}[{i}]"),
+                format!("{entry:?} holds a control character"),
+            );
+        } else if !set.insert(entry.clone()) {
+            problems.push(
+                format!("{field}[{i}]"),
+                format!("'{entry}' is listed twice"),
+            );
+        }
+    }
+    set
 }
