@@ -536,3 +536,179 @@ async fn a_duration_flag_without_a_unit_exits_64_naming_the_flag() {
         assert!(log.contains(flag) && log.contains(&hint), "{args:?}: {log}");
     }
 }
+
+/// Bytes of one message in the thousand-subscriber test.
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscribers_that_stop_reading_cannot_grow_memory_past_the_bound() {
+    let dir = run_dir("push-thousand").expect("run dir");
+    let config = dir.join("topics.json");
+    std::fs::write(
+        &config,
+        r#"{"kind": "TopicSettings", "name": "big", "spec": {"historySize": 8, "maxMessageBytes": 1048576}}"#,
+    )
+    .expect("config");
+    // Default queues: 1024 messages, 4 MiB.
+    let server = PushServer::start(
+        "push-thousand",
+        &dir,
+        &["--config", config.to_str().expect("path")],
+    )
+    .await
+    .expect("push server starts");
+    let base = server.url();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.http_port)
+        .parse()
+        .expect("addr");
+
+    // A thousand subscribers with small receive buffers that never read.
+    let mut stuck = Vec::new();
+    for _ in 0..1000 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /v1/events?topic=big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("request");
+        stuck.push(stream);
+    }
+    sidestream_tests::assert_eventually!(WAIT, "a thousand subscribers", async {
+        let n = metric(&base, "sidestream_push_topic_subscribers{topic=\"big\"}").await;
+        anyhow::ensure!(n == Some(1000.0), "subscribers {n:?}");
+        Ok(())
+    });
+
+    let before = server.rss_kib().expect("rss");
+    let mut peak = before;
+    let client = reqwest::Client::new();
+    let payload = "m".repeat(MIB - 4);
+    let started = Instant::now();
+    for i in 0..64 {
+        let response = client
+            .post(format!("{base}/v1/topics/big/messages"))
+            .body(format!("{i:04}{payload}"))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(response.status(), 201);
+        peak = peak.max(server.rss_kib().expect("rss"));
+    }
+    let published = started.elapsed();
+    // Every subscriber is cut (its queue's bytes overflowed, or a write
+    // timed out) and its connection closed.
+    let sampled = std::cell::Cell::new(peak);
+    sidestream_tests::assert_eventually!(WAIT, "every subscriber cut", async {
+        sampled.set(sampled.get().max(server.rss_kib()?));
+        let slow = metric(
+            &base,
+            "sidestream_push_slow_consumer_disconnects_total{transport=\"sse\"}",
+        )
+        .await
+        .unwrap_or(0.0);
+        let late = metric(
+            &base,
+            "sidestream_push_write_deadline_disconnects_total{transport=\"sse\"}",
+        )
+        .await
+        .unwrap_or(0.0);
+        anyhow::ensure!(slow + late == 1000.0, "cut {slow} + {late}");
+        let active = metric(&base, "sidestream_push_streams_active{transport=\"sse\"}").await;
+        anyhow::ensure!(active == Some(0.0), "streams {active:?}");
+        Ok(())
+    });
+    peak = sampled.get().max(server.rss_kib().expect("rss"));
+    let after = server.rss_kib().expect("rss");
+    eprintln!(
+        "1000 stuck subscribers, 64 x 1 MiB published in {published:?}: RSS {before} kB before, peak {peak} kB (+{} kB), {after} kB after",
+        peak.saturating_sub(before)
+    );
+    // History (8 messages, each held as its data and its SSE frame: 16 MiB)
+    // plus what the queues pin (4 MiB of data, twice, and the message each
+    // stuck writer holds) is about 28 MiB; the bound leaves room for the
+    // allocator. Measured: +38 MB. Without the byte bound the queues pin all
+    // 64 messages (+131 MB measured), up to 1024 of them (2 GiB).
+    assert!(
+        peak.saturating_sub(before) < 64 * 1024,
+        "RSS grew from {before} kB to {peak} kB"
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_whose_socket_does_not_drain_is_cut_at_the_write_deadline_with_the_reason() {
+    let dir = run_dir("push-write-deadline").expect("run dir");
+    // Queues large enough never to overflow: the write deadline cuts.
+    let server = PushServer::start(
+        "push-write-deadline",
+        &dir,
+        &[
+            "--write-deadline",
+            "1s",
+            "--queue-capacity",
+            "100000",
+            "--queue-bytes",
+            "1073741824",
+        ],
+    )
+    .await
+    .expect("push server starts");
+    let base = server.url();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.http_port)
+        .parse()
+        .expect("addr");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stuck = socket.connect(addr).await.expect("connect");
+    stuck
+        .write_all(b"GET /v1/events?topic=w HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("request");
+    sidestream_tests::assert_eventually!(WAIT, "subscribed", async {
+        let n = metric(&base, "sidestream_push_topic_subscribers{topic=\"w\"}").await;
+        anyhow::ensure!(n == Some(1.0), "subscribers {n:?}");
+        Ok(())
+    });
+    // Publish until deliveries stay queued: the socket stopped draining.
+    let payload = "x".repeat(32 * 1024);
+    let mut published = 0;
+    while metric(&base, "sidestream_push_backlog_messages ").await < Some(8.0) {
+        assert!(published < 2000, "the socket never filled");
+        server
+            .publish("w", &format!("{published}:{payload}"))
+            .await
+            .expect("publish");
+        published += 1;
+    }
+    sidestream_tests::assert_eventually!(WAIT, "cut at the write deadline", async {
+        let cut = metric(
+            &base,
+            "sidestream_push_write_deadline_disconnects_total{transport=\"sse\"}",
+        )
+        .await;
+        anyhow::ensure!(cut == Some(1.0), "write-deadline cuts {cut:?}");
+        let log = server.proc.log();
+        anyhow::ensure!(
+            log.contains("did not take a write in time") && log.contains("write-deadline"),
+            "no reason in the log"
+        );
+        Ok(())
+    });
+    let slow = metric(
+        &base,
+        "sidestream_push_slow_consumer_disconnects_total{transport=\"sse\"}",
+    )
+    .await;
+    assert_eq!(slow, Some(0.0));
+    // The connection is closed: reading reaches its end.
+    let mut sink = vec![0u8; 1 << 20];
+    loop {
+        match tokio::time::timeout(WAIT, stuck.read(&mut sink))
+            .await
+            .expect("closed in time")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
