@@ -4,16 +4,26 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sidestream_limiter::daemon::{start, DaemonArgs};
+use sidestream_telemetry::{LogFormat, Telemetry, TraceArgs};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
 
 /// Exit code for bad flags or configuration (sysexits' EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
+/// The daemon's flags and the tracing flags every daemon shares.
+#[derive(Debug, Parser)]
+#[command(name = "sidestream-limiter", version)]
+struct Cli {
+    #[command(flatten)]
+    args: DaemonArgs,
+    #[command(flatten)]
+    trace: TraceArgs,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match DaemonArgs::try_parse() {
-        Ok(args) => args,
+    let Cli { args, trace } = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             let _ = error.print();
             return ExitCode::SUCCESS;
@@ -23,11 +33,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let telemetry = match Telemetry::init("sidestream-limiter", &trace, LogFormat::Text) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("sidestream-limiter: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let code = run(args).await;
+    // Export the last spans before the runtime goes.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
+}
+
+async fn run(args: DaemonArgs) -> ExitCode {
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(terminate) => terminate,
         Err(error) => {

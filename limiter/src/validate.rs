@@ -62,7 +62,7 @@ pub struct Limits {
 /// A (policy, key) whose names are checked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
-    /// The policy name: 1..=128 bytes of `[A-Za-z0-9._-]`.
+    /// The policy name as the config has it: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`.
     pub policy: String,
     /// The key within the policy: up to 256 bytes, no control characters.
     pub key: String,
@@ -128,12 +128,12 @@ fn policy_name(field: &str, value: &str) -> Result<String, Invalid> {
     }
     if let Some((at, c)) = value
         .char_indices()
-        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .find(|&(at, c)| !(c.is_ascii_alphanumeric() || (at > 0 && matches!(c, '.' | '_' | '-'))))
     {
         return Err(Invalid::new(
             field,
             format!(
-                "{} has {:?} at byte {at}; a policy name is made of A-Z a-z 0-9 . _ -",
+                "{} has {:?} at byte {at}; a policy name is A-Z a-z 0-9, then also . _ - (as in the config)",
                 shown(value),
                 c
             ),

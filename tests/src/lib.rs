@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod envoy;
 pub mod etcd;
+pub mod limiter;
 pub mod process;
 pub mod push;
 pub mod redis;

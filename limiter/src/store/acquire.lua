@@ -56,17 +56,25 @@ for _, count in ipairs(redis.call('HVALS', KEYS[2])) do
   active = active + (tonumber(count) or 0)
 end
 
+-- The refilled bucket is kept whatever the answer (as the local limiter
+-- keeps its refilled state): a clock that later steps back restarts from here.
+local function save_bucket()
+  redis.call('HSET', KEYS[1], 't', int(tokens), 'c', int(carry), 'l', int(now))
+  local to_full_ms = ceil_div(micros_until(cap), 1000)
+  redis.call('PEXPIRE', KEYS[1], int(2 * math.max(lease_ms, to_full_ms, 1)))
+end
+
 if max_concurrent > 0 and active >= max_concurrent then
+  save_bucket()
   return {3, 1000, 1000, floor_div(tokens, MICRO), active}
 end
 if tokens < MICRO then
+  save_bucket()
   return {2, millis(micros_until(MICRO)), millis(micros_until(cap)), 0, active}
 end
 
 tokens = tokens - MICRO
-redis.call('HSET', KEYS[1], 't', int(tokens), 'c', int(carry), 'l', int(now))
-local to_full_ms = ceil_div(micros_until(cap), 1000)
-redis.call('PEXPIRE', KEYS[1], int(2 * math.max(lease_ms, to_full_ms, 1)))
+save_bucket()
 redis.call('HINCRBY', KEYS[2], instance, 1)
 redis.call('ZADD', KEYS[3], int(now + lease_ms * 1000), instance)
 expire_leases(KEYS[2], KEYS[3], now, lease_ms)

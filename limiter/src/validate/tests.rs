@@ -80,6 +80,11 @@ fn bad_acquires_name_the_field_and_the_value() {
             "'tenant streams' has ' ' at byte 6",
         ),
         (
+            |r| r.policy = "-tenant".into(),
+            "policy",
+            "'-tenant' has '-' at byte 0",
+        ),
+        (
             |r| r.policy = "a{b}".into(),
             "policy",
             "'a{b}' has '{' at byte 1",
