@@ -599,35 +599,83 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
                 plugin.file
             ));
         }
-        let cluster = spec["pluginConfig"]["controlPlane"]["cluster"]
-            .as_str()
-            .unwrap_or("");
-        let parts: Vec<&str> = cluster.split('|').collect();
-        match parts.as_slice() {
-            ["outbound", port, "", host] => {
-                let port: u64 = port.parse().unwrap_or(0);
-                match host.strip_suffix(".svc.cluster.local").and_then(|h| h.split_once('.')) {
-                    Some((svc, svc_ns)) => match find(manifests, "Service", svc_ns, svc) {
-                        Some(service) => {
-                            let port_spec = service_ports(&service.doc).into_iter().find(|p| p["port"].as_u64() == Some(port));
-                            match port_spec {
-                                Some(p) if is_grpc_port(p) => {}
-                                Some(_) => problems.push(format!("{}: control plane cluster port {port} of Service {svc} is not declared gRPC (HTTP/2)", plugin.file)),
-                                None => problems.push(format!("{}: control plane cluster port {port} is not a port of Service {svc}", plugin.file)),
+        // The control plane's and the limiter's clusters are Services' gRPC
+        // ports, named as Istio names them.
+        let limiter_deployed = all_workloads
+            .iter()
+            .any(|w| w.pod_labels.get("app").map(String::as_str) == Some("sidestream-limiter"));
+        for (label, field, service_part) in [
+            ("control plane", "controlPlane", "control-plane"),
+            ("limiter", "limiter", "limiter"),
+        ] {
+            let config = &spec["pluginConfig"][field];
+            if config.is_null() {
+                if field == "limiter" && limiter_deployed {
+                    problems.push(format!(
+                        "{}: the limiter is deployed but pluginConfig.limiter.cluster does not name it (mesh-scoped policies could only fall back)",
+                        plugin.file
+                    ));
+                }
+                continue;
+            }
+            let cluster = config["cluster"].as_str().unwrap_or("");
+            let parts: Vec<&str> = cluster.split('|').collect();
+            match parts.as_slice() {
+                ["outbound", port, "", host] => {
+                    let port: u64 = port.parse().unwrap_or(0);
+                    match host.strip_suffix(".svc.cluster.local").and_then(|h| h.split_once('.')) {
+                        Some((svc, svc_ns)) => match find(manifests, "Service", svc_ns, svc) {
+                            Some(service) => {
+                                let port_spec = service_ports(&service.doc).into_iter().find(|p| p["port"].as_u64() == Some(port));
+                                match port_spec {
+                                    Some(p) if is_grpc_port(p) => {}
+                                    Some(_) => problems.push(format!("{}: {label} cluster port {port} of Service {svc} is not declared gRPC (HTTP/2)", plugin.file)),
+                                    None => problems.push(format!("{}: {label} cluster port {port} is not a port of Service {svc}", plugin.file)),
+                                }
+                                if !svc.contains(service_part) {
+                                    problems.push(format!("{}: {label} cluster names Service {svc}, not the {label}", plugin.file));
+                                }
                             }
-                            if !svc.contains("control-plane") {
-                                problems.push(format!("{}: control plane cluster names Service {svc}, not the control plane", plugin.file));
-                            }
-                        }
-                        None => problems.push(format!("{}: control plane cluster '{cluster}' names no Service", plugin.file)),
-                    },
-                    None => problems.push(format!("{}: control plane cluster host '{host}' is not <service>.<namespace>.svc.cluster.local", plugin.file)),
+                            None => problems.push(format!("{}: {label} cluster '{cluster}' names no Service", plugin.file)),
+                        },
+                        None => problems.push(format!("{}: {label} cluster host '{host}' is not <service>.<namespace>.svc.cluster.local", plugin.file)),
+                    }
+                }
+                _ => problems.push(format!(
+                    "{}: {label} cluster '{cluster}' is not an Istio cluster name outbound|<port>||<service FQDN>",
+                    plugin.file
+                )),
+            }
+        }
+    }
+
+    // The limiter: ready only while Redis answers, alive while it runs, and a
+    // lease with a unit (the daemon refuses a bare number).
+    for w in all_workloads
+        .iter()
+        .filter(|w| w.pod_labels.get("app").map(String::as_str) == Some("sidestream-limiter"))
+    {
+        for container in w.pod_spec["containers"].as_array().into_iter().flatten() {
+            for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+                if container[probe]["httpGet"]["path"].as_str() != Some(path) {
+                    problems.push(format!(
+                        "{}: the limiter's {probe} is not on {path}",
+                        w.file
+                    ));
                 }
             }
-            _ => problems.push(format!(
-                "{}: control plane cluster '{cluster}' is not an Istio cluster name outbound|<port>||<service FQDN>",
-                plugin.file
-            )),
+            let lease = strings(&container["args"])
+                .into_iter()
+                .find_map(|arg| arg.strip_prefix("--lease="));
+            if !lease.is_some_and(|l| {
+                l.trim_end().ends_with(|c: char| c.is_ascii_alphabetic())
+                    && duration_secs(l).is_some()
+            }) {
+                problems.push(format!(
+                    "{}: the limiter's --lease ({lease:?}) must be set, with a unit",
+                    w.file
+                ));
+            }
         }
     }
 
@@ -1059,6 +1107,77 @@ fn cross_reference_checks_catch_broken_manifests() {
             "names no Service",
         ),
         (
+            "limiter port",
+            "wasm-plugin-sidestream.yaml",
+            Box::new(|d| {
+                d["spec"]["pluginConfig"]["limiter"]["cluster"] =
+                    json!("outbound|18301||sidestream-limiter.sidestream.svc.cluster.local")
+            }),
+            "limiter cluster port 18301 of Service sidestream-limiter is not declared gRPC",
+        ),
+        (
+            "limiter service",
+            "wasm-plugin-sidestream.yaml",
+            Box::new(|d| {
+                d["spec"]["pluginConfig"]["limiter"]["cluster"] =
+                    json!("outbound|18300||sidestream-limits.sidestream.svc.cluster.local")
+            }),
+            "limiter cluster 'outbound|18300||sidestream-limits.sidestream.svc.cluster.local' names no Service",
+        ),
+        (
+            "limiter not named",
+            "wasm-plugin-sidestream.yaml",
+            Box::new(|d| {
+                d["spec"]["pluginConfig"]
+                    .as_object_mut()
+                    .expect("pluginConfig")
+                    .remove("limiter");
+            }),
+            "the limiter is deployed but pluginConfig.limiter.cluster does not name it",
+        ),
+        (
+            "limiter readiness",
+            "deployment-limiter.yaml",
+            Box::new(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+                    ["path"] = json!("/healthz")
+            }),
+            "the limiter's readinessProbe is not on /readyz",
+        ),
+        (
+            "limiter lease",
+            "deployment-limiter.yaml",
+            Box::new(|d| {
+                let args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+                    .as_array_mut()
+                    .expect("args");
+                for arg in args.iter_mut() {
+                    if arg.as_str().is_some_and(|a| a.starts_with("--lease=")) {
+                        *arg = json!("--lease=15");
+                    }
+                }
+            }),
+            "--lease",
+        ),
+        (
+            "limiter service selector",
+            "service-limiter.yaml",
+            Box::new(|d| d["spec"]["selector"]["app"] = json!("limiter")),
+            "matches no",
+        ),
+        (
+            "limiter hpa target",
+            "horizontal-pod-autoscaler-limiter.yaml",
+            Box::new(|d| d["spec"]["scaleTargetRef"]["name"] = json!("sidestream-limiters")),
+            "scaleTargetRef",
+        ),
+        (
+            "limiter pdb selector",
+            "pod-disruption-budget-limiter.yaml",
+            Box::new(|d| d["spec"]["selector"]["matchLabels"]["app"] = json!("limiter")),
+            "matches no workload",
+        ),
+        (
             "sha256",
             "wasm-plugin-sidestream.yaml",
             Box::new(|d| d["spec"]["sha256"] = json!("abc")),
@@ -1191,6 +1310,13 @@ fn wasm_plugin_carries_the_bootstrap_settings() {
     assert_eq!(
         control_plane.cluster,
         cp["cluster"].as_str().expect("cluster")
+    );
+    let limiter = bootstrap.limiter.expect("limiter is set");
+    assert_eq!(
+        limiter.cluster,
+        config["limiter"]["cluster"]
+            .as_str()
+            .expect("limiter cluster")
     );
     assert!(
         !bootstrap.defaults.releases.is_empty(),
