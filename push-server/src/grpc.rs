@@ -40,11 +40,19 @@ fn bearer<T>(request: &Request<T>) -> Option<String> {
 }
 
 fn traceparent<T>(request: &Request<T>) -> Option<String> {
-    crate::trace::accept_traceparent(
-        request
-            .metadata()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
+    crate::trace::accept_traceparent(metadata(request, "traceparent"))
+}
+
+fn metadata<'a, T>(request: &'a Request<T>, name: &str) -> Option<&'a str> {
+    request.metadata().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request's span, continuing its W3C trace context.
+fn request_span<T>(kind: &'static str, request: &Request<T>) -> tracing::Span {
+    crate::trace::server_span(
+        kind,
+        traceparent(request).as_deref(),
+        metadata(request, "tracestate"),
     )
 }
 
@@ -58,12 +66,7 @@ impl Push for PushService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let token = bearer(&request);
-        let trace_id = traceparent(&request);
-        let span = tracing::info_span!(
-            "request",
-            kind = "grpc-subscribe",
-            trace_id = trace_id.as_deref().and_then(crate::trace::trace_id)
-        );
+        let span = request_span("grpc-subscribe", &request);
         let _entered = span.enter();
         let topics = request.into_inner().topics;
         if topics.is_empty() {
@@ -95,10 +98,10 @@ impl Push for PushService {
             };
             positions.push(from);
         }
-        drop(_entered);
         let control = Arc::new(ConnectionControl::default());
         let mut subscription =
             Subscription::open(&self.state, Transport::Grpc, Some(control.clone()))?;
+        drop(_entered);
         for (position, from) in topics.iter().zip(positions) {
             subscription.add(&position.topic, from).await?;
         }
@@ -123,6 +126,7 @@ impl Push for PushService {
     ) -> Result<Response<PublishResponse>, Status> {
         let token = bearer(&request);
         let traceparent = traceparent(&request);
+        let span = request_span("grpc-publish", &request);
         let request = request.into_inner();
         let draft = Draft {
             data: request.data,
@@ -130,8 +134,11 @@ impl Push for PushService {
             idempotency_key: Some(request.idempotency_key).filter(|k| !k.is_empty()),
             traceparent,
         };
-        let published =
-            crate::publish::publish(&self.state, &request.topic, token.as_deref(), draft).await?;
+        let published = tracing::Instrument::instrument(
+            crate::publish::publish(&self.state, &request.topic, token.as_deref(), draft),
+            span,
+        )
+        .await?;
         Ok(Response::new(PublishResponse {
             id: published.id.to_string(),
             duplicate: published.duplicate,

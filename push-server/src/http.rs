@@ -76,13 +76,11 @@ pub fn token<'a>(headers: &'a HeaderMap, query: &'a QueryParams) -> Option<&'a s
         .or_else(|| query.first("token").filter(|t| !t.is_empty()))
 }
 
-/// A span continuing the request's W3C trace context.
+/// A span continuing the request's W3C trace context (exported as the
+/// server span `name` when OTLP export is on), and the valid `traceparent`.
 pub fn request_span(name: &'static str, headers: &HeaderMap) -> (tracing::Span, Option<String>) {
     let traceparent = crate::trace::accept_traceparent(header(headers, "traceparent"));
-    let trace_id = traceparent
-        .as_deref()
-        .and_then(crate::trace::trace_id)
-        .map(str::to_owned);
-    let span = tracing::info_span!("request", kind = name, trace_id = trace_id.as_deref());
+    let span =
+        crate::trace::server_span(name, traceparent.as_deref(), header(headers, "tracestate"));
     (span, traceparent)
 }

@@ -270,6 +270,7 @@ impl Hub {
                 None => return 0,
             }
         };
+        let span = crate::trace::deliver_span(message);
         let mut delivered = 0;
         let subscribers = lock(&hub_topic.subscribers);
         for handle in subscribers.slots.iter().flatten() {
@@ -295,6 +296,7 @@ impl Hub {
                 }
             }
         }
+        crate::trace::delivered(&span, subscribers.count, delivered);
         delivered
     }
 

@@ -12,6 +12,7 @@ use sidestream_core::duration::parse_duration;
 use sidestream_push::server::{self, Shutdown};
 use sidestream_push::state::{AppState, BrokerSpec, Settings};
 use sidestream_push::topics::{self, TopicRegistry};
+use sidestream_telemetry::{LogFormat, Telemetry, TraceArgs};
 
 /// Exit code for bad flags or config (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -32,12 +33,6 @@ enum TopicPolicy {
     Open,
     /// Only configured topics exist (404 otherwise).
     Configured,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 /// sidestream's push server: SSE, WebSocket and gRPC streams with topic history and lossless resume.
@@ -157,6 +152,8 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 fn main() -> ExitCode {
@@ -172,7 +169,6 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -183,7 +179,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The OTLP exporter's channel lives on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        Telemetry::init("sidestream-push", &cli.trace, cli.log_format)
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("sidestream-push: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Flush the last spans while the runtime still runs the exporter.
+    runtime.block_on(async {
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(error)) => {
             tracing::error!("{error:#}");
@@ -201,18 +214,6 @@ fn main() -> ExitCode {
 enum Failure {
     Usage(anyhow::Error),
     Runtime(anyhow::Error),
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {

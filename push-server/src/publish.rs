@@ -20,14 +20,27 @@ pub async fn publish(
     draft: Draft,
 ) -> Result<Published, PushError> {
     let result = publish_checked(state, topic, token, draft).await;
+    // The request span (HTTP or gRPC) is the publish span.
+    let span = tracing::Span::current();
+    sidestream_telemetry::set_attribute(&span, "messaging.destination.name", topic.to_owned());
     match &result {
-        Ok(published) if published.duplicate => {
-            state.metrics.duplicates.inc();
+        Ok(published) => {
+            if published.duplicate {
+                state.metrics.duplicates.inc();
+            } else {
+                state.metrics.published.inc();
+            }
+            sidestream_telemetry::set_attribute(
+                &span,
+                "messaging.message.id",
+                published.id.to_string(),
+            );
+            sidestream_telemetry::set_attribute(&span, "duplicate", published.duplicate);
         }
-        Ok(_) => {
-            state.metrics.published.inc();
+        Err(error) => {
+            state.metrics.rejected(error.code());
+            sidestream_telemetry::set_error(&span, error.to_string());
         }
-        Err(error) => state.metrics.rejected(error.code()),
     }
     result
 }
@@ -66,6 +79,9 @@ async fn publish_checked(
         }
     }
     let topic: Arc<str> = Arc::from(topic);
+    let mut draft = draft;
+    draft.traceparent =
+        crate::trace::carried_traceparent(&tracing::Span::current(), draft.traceparent.take());
     let trace_id = draft
         .traceparent
         .as_deref()

@@ -30,6 +30,7 @@ use crate::message::{Epoch, Message, MessageId};
 use crate::metrics::Transport;
 use crate::state::AppState;
 use crate::topics::MAX_TOPICS_PER_STREAM;
+use crate::trace::{CloseReason, SubscriptionSpan};
 
 /// First wait before fetching a replay page again after a broker error.
 const PAGE_RETRY_INITIAL: Duration = Duration::from_millis(250);
@@ -149,6 +150,8 @@ pub struct Subscription {
     /// replay through the same Redis blip do not retry in step.
     retry_backoff: Backoff,
     finished: bool,
+    /// The stream's life as a span (exported with OTLP only).
+    span: SubscriptionSpan,
 }
 
 impl Subscription {
@@ -182,6 +185,7 @@ impl Subscription {
             retry: None,
             retry_backoff: Backoff::new(PAGE_RETRY_INITIAL, PAGE_RETRY_MAX),
             finished: false,
+            span: SubscriptionSpan::open(transport),
         })
     }
 
@@ -485,6 +489,20 @@ impl Subscription {
 
     /// The next event.
     pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let event = self.poll_next_event(cx);
+        if let Poll::Ready(event) = &event {
+            self.span.observe(event.as_ref());
+        }
+        event
+    }
+
+    /// Why the stream ends, for its span, when the transport ends it (the
+    /// first reason given is kept).
+    pub fn set_close_reason(&mut self, reason: CloseReason) {
+        self.span.close_reason(reason);
+    }
+
+    fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         loop {
             if self.finished {
                 return Poll::Ready(None);
@@ -599,6 +617,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.span.close(self.cursors.len());
         self.state
             .metrics
             .replay_held(-i64::try_from(self.held).unwrap_or(i64::MAX));

@@ -3,6 +3,10 @@
 
 use sidestream_core::trace::parse_traceparent;
 
+use crate::message::Message;
+use crate::metrics::Transport;
+use crate::subscription::Event;
+
 /// The `traceparent` header, re-serialised, when it is valid (W3C Level 1).
 pub fn accept_traceparent(header: Option<&str>) -> Option<String> {
     header
@@ -13,6 +17,153 @@ pub fn accept_traceparent(header: Option<&str>) -> Option<String> {
 /// The trace id (32 hex digits) of a valid, re-serialised traceparent.
 pub fn trace_id(traceparent: &str) -> Option<&str> {
     traceparent.get(3..35)
+}
+
+/// The span of one request: `request` in logs (with its kind and trace id),
+/// the server span `kind` (`publish`, `sse`, `websocket`, `grpc-publish`,
+/// `grpc-subscribe`) in OTLP, a child of `traceparent` (already accepted by
+/// [`accept_traceparent`]) and its `tracestate`.
+pub fn server_span(
+    kind: &'static str,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        kind,
+        trace_id = traceparent.and_then(trace_id),
+        otel.name = kind,
+        otel.kind = "server",
+    );
+    sidestream_telemetry::continue_trace(&span, traceparent, tracestate);
+    span
+}
+
+/// The context a message carries to the nodes that deliver it: the publish
+/// span's own `traceparent` when spans are exported (so each node's
+/// delivery span is its child), else the publisher's, unchanged (the same
+/// trace id either way, for the logs and the slow-delivery ring).
+pub fn carried_traceparent(publish: &tracing::Span, received: Option<String>) -> Option<String> {
+    sidestream_telemetry::traceparent(publish).or(received)
+}
+
+/// One message's fan-out on this node, as one span however many subscribers
+/// (a span each would be 10,000 spans per message at 10,000 subscribers):
+/// from the moment the node hands the message to its local subscribers until
+/// the last queue took it, a child of the context the message carries (the
+/// publish span). Disabled (free) when spans are not exported.
+pub fn deliver_span(message: &Message) -> tracing::Span {
+    if !sidestream_telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "deliver",
+        messaging.destination.name = %message.topic,
+        messaging.message.id = %message.id,
+        subscribers = tracing::field::Empty,
+        delivered = tracing::field::Empty,
+        dropped = tracing::field::Empty,
+    );
+    sidestream_telemetry::continue_trace(&span, message.traceparent.as_deref(), None);
+    span
+}
+
+/// Records a fan-out's outcome: `subscribers` local subscribers, `delivered`
+/// queues took the message, the others were cut as slow consumers (or were closing).
+pub fn delivered(span: &tracing::Span, subscribers: usize, delivered: usize) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("subscribers", subscribers);
+    span.record("delivered", delivered);
+    span.record("dropped", subscribers.saturating_sub(delivered));
+}
+
+/// Why a subscription ended, as its span reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client went away, or the transport stopped writing to it.
+    ClientClosed,
+    /// The server drained; the client was told to come back.
+    Drain,
+    /// Cut as a slow consumer.
+    SlowConsumer,
+    /// The stream's source ended.
+    Ended,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client-closed",
+            CloseReason::Drain => "drain",
+            CloseReason::SlowConsumer => "slow-consumer",
+            CloseReason::Ended => "ended",
+        }
+    }
+}
+
+/// A subscription's life as a span, from open to close: its transport, then
+/// at close its topics, the messages handed to its transport and why it
+/// ended. A child of the subscribe request's span. Disabled (free) when spans
+/// are not exported.
+#[derive(Debug)]
+pub struct SubscriptionSpan {
+    span: tracing::Span,
+    delivered: u64,
+    reason: Option<CloseReason>,
+}
+
+impl SubscriptionSpan {
+    pub fn open(transport: Transport) -> SubscriptionSpan {
+        let span = if sidestream_telemetry::exporting() {
+            tracing::info_span!(
+                "subscription",
+                transport = transport.as_str(),
+                topics = tracing::field::Empty,
+                delivered = tracing::field::Empty,
+                close_reason = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        SubscriptionSpan {
+            span,
+            delivered: 0,
+            reason: None,
+        }
+    }
+
+    /// Counts the event handed to the transport; an ending event names the reason.
+    pub fn observe(&mut self, event: Option<&Event>) {
+        match event {
+            Some(Event::Message { .. }) => self.delivered += 1,
+            Some(Event::Drain { .. }) => self.close_reason(CloseReason::Drain),
+            Some(Event::SlowConsumer) => self.close_reason(CloseReason::SlowConsumer),
+            // Other events do not end the stream by themselves; a transport
+            // ending it for another cause says so with `close_reason`.
+            Some(_) => {}
+            None => self.close_reason(CloseReason::Ended),
+        }
+    }
+
+    /// The first reason given is the one reported.
+    pub fn close_reason(&mut self, reason: CloseReason) {
+        self.reason.get_or_insert(reason);
+    }
+
+    /// Ends the span with `topics` topics subscribed at the end.
+    pub fn close(&mut self, topics: usize) {
+        if self.span.is_disabled() {
+            return;
+        }
+        let reason = self.reason.unwrap_or(CloseReason::ClientClosed);
+        self.span.record("topics", topics);
+        self.span.record("delivered", self.delivered);
+        self.span.record("close_reason", reason.as_str());
+        self.span = tracing::Span::none();
+    }
 }
 
 #[cfg(test)]

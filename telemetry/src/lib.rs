@@ -21,6 +21,7 @@
 //! so callers need not check.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator;
@@ -67,6 +68,15 @@ pub struct TraceArgs {
     /// set; sampling follows OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+}
+
+/// Set once export starts: code that would build spans only for export asks [`exporting`].
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans (spans that only matter in a trace,
+/// such as one per delivered message, are not built otherwise).
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 /// Telemetry that cannot start.
@@ -156,6 +166,7 @@ impl Telemetry {
             .try_init()
             .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
         if let Export::Otlp(endpoint) = &export {
+            EXPORTING.store(true, Ordering::Relaxed);
             tracing::info!(
                 service,
                 endpoint = endpoint.as_deref().unwrap_or("from OTEL_EXPORTER_OTLP_*"),
@@ -179,6 +190,7 @@ impl Telemetry {
 
     fn stop(&mut self) {
         if let Some(provider) = self.provider.take() {
+            EXPORTING.store(false, Ordering::Relaxed);
             if let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
                 tracing::warn!(%error, "Spans not exported at exit");
             }
@@ -269,6 +281,15 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 /// Marks `span`'s OpenTelemetry status as an error with `message`.
 pub fn set_error(span: &tracing::Span, message: impl Into<String>) {
     span.set_status(opentelemetry::trace::Status::error(message.into()));
+}
+
+/// Sets an OpenTelemetry attribute on `span` (one not declared as a `tracing` field).
+pub fn set_attribute(
+    span: &tracing::Span,
+    key: &'static str,
+    value: impl Into<opentelemetry::Value>,
+) {
+    span.set_attribute(key, value);
 }
 
 /// Adds a timestamped event with attributes to `span` (for events counted in

@@ -57,6 +57,7 @@ pub async fn publish(
         let result = handle(&state, &topic, &query, &headers, body, traceparent).await;
         if let Err(error) = &result {
             tracing::info!(topic, error = %error, "Publish refused");
+            sidestream_telemetry::set_error(&tracing::Span::current(), error.to_string());
         }
         result
     }

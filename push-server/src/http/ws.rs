@@ -79,7 +79,9 @@ pub async fn upgrade(
     // control, so a slow consumer that stops reading is still cut.
     drop(connection);
     let control = Arc::new(ConnectionControl::default());
-    let subscription = Subscription::open(&state, Transport::WebSocket, Some(control.clone()))?;
+    let subscription = span.in_scope(|| {
+        Subscription::open(&state, Transport::WebSocket, Some(control.clone()))
+    })?;
     let heartbeat = state.settings.heartbeat;
     Ok(upgrade
         .max_message_size(MAX_CLIENT_FRAME)
