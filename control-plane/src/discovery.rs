@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::revision_trace::Answer;
 use crate::snapshot::VersionedSnapshot;
 use crate::state::{unix_millis, unix_nanos, ClientInfo, ControlPlane, Nack};
 
@@ -282,6 +283,12 @@ impl ClientSession {
                 at_unix_millis: unix_millis(),
             };
             self.state.remember_nack(&self.node_id, &nack);
+            self.state.traces.answered(
+                &nack.version,
+                self.stream_id,
+                &self.node_id,
+                Answer::Nack { error: &nack.error },
+            );
             let running = request.version_info;
             self.state.update_client(self.stream_id, |info| {
                 info.last_nack = Some(nack);
@@ -296,6 +303,14 @@ impl ClientSession {
         if !sent.propagated {
             // The snapshot it got on connecting: its age is not propagation.
             debug!(node = %self.node_id, %version, "Client applied its initial snapshot (ACK)");
+            self.state.traces.answered(
+                &version,
+                self.stream_id,
+                &self.node_id,
+                Answer::Ack {
+                    convergence_ms: None,
+                },
+            );
             self.state.update_client(self.stream_id, |info| {
                 info.acked_version = Some(version);
             });
@@ -308,6 +323,14 @@ impl ClientSession {
             .metrics
             .observe_convergence(&self.node_id, seconds);
         debug!(node = %self.node_id, %version, convergence_ms = seconds * 1e3, "Client applied a snapshot (ACK)");
+        self.state.traces.answered(
+            &version,
+            self.stream_id,
+            &self.node_id,
+            Answer::Ack {
+                convergence_ms: Some(seconds * 1e3),
+            },
+        );
         self.state.update_client(self.stream_id, |info| {
             info.acked_version = Some(version);
             info.last_convergence_millis = Some(seconds * 1e3);

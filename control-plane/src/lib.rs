@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod etcd;
 pub mod metrics;
+pub mod revision_trace;
 pub mod snapshot;
 pub mod source;
 pub mod state;

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::config_state::{ApplyReport, ConfigState, Rejection};
 use crate::metrics::Metrics;
+use crate::revision_trace::RevisionTraces;
 use crate::snapshot::{write_cache, VersionedSnapshot};
 
 /// How many past rejections `/v1/rejections` lists.
@@ -120,6 +121,8 @@ pub struct ControlPlane {
     next_stream_id: AtomicU64,
     /// The metrics.
     pub metrics: Metrics,
+    /// Config changes traced from etcd to every data plane's answer (OTLP).
+    pub traces: RevisionTraces,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +153,7 @@ impl ControlPlane {
             nacked: Mutex::new(BTreeMap::new()),
             next_stream_id: AtomicU64::new(1),
             metrics,
+            traces: RevisionTraces::default(),
         })
     }
 
@@ -175,10 +179,11 @@ impl ControlPlane {
     where
         F: FnOnce(&mut ConfigState) -> ApplyReport,
     {
-        let (report, unknown) = {
+        let validate = self.traces.validating();
+        let (report, unknown, revision) = {
             let mut config = lock(&self.config);
-            let report = f(&mut config);
-            (report, config.unknown_keys().len())
+            let report = validate.in_scope(|| f(&mut config));
+            (report, config.unknown_keys().len(), config.revision())
         };
         self.metrics
             .unknown_keys
@@ -206,12 +211,16 @@ impl ControlPlane {
             }
         }
         // A change, or the first read with no snapshot yet: publish.
-        if report.changed || self.snapshot().is_none() || !self.is_ready() {
+        let publishing = report.changed || self.snapshot().is_none() || !self.is_ready();
+        if publishing {
             let mut pending = lock(&self.pending_since);
             pending.get_or_insert(observed_unix_nanos);
             drop(pending);
             self.changed.notify_one();
         }
+        let publishing = publishing || lock(&self.pending_since).is_some();
+        self.traces
+            .validated(&validate, revision, &report, publishing);
     }
 
     /// Runs `f` on the validated config without changing it.
@@ -253,6 +262,7 @@ impl ControlPlane {
         let next = VersionedSnapshot::new(snapshot, revision, observed);
         if let Some(current) = self.snapshot() {
             if current.content_hash == next.content_hash {
+                self.traces.unchanged();
                 return;
             }
         }
@@ -267,6 +277,8 @@ impl ControlPlane {
                 warn!(%error, "Cannot write the snapshot cache");
             }
         }
+        let streams: Vec<u64> = lock(&self.clients).keys().copied().collect();
+        self.traces.published(&next.version, revision, streams);
         self.snapshot_tx.send_replace(Some(next.clone()));
     }
 
@@ -303,6 +315,7 @@ impl ControlPlane {
         if lock(&self.clients).remove(&id).is_some() {
             self.metrics.connected_clients.dec();
         }
+        self.traces.disconnected(id);
     }
 
     /// Updates a client's entry.

@@ -2,17 +2,29 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sidestream_control_plane::daemon::{start, DaemonArgs};
-use tracing_subscriber::EnvFilter;
+use sidestream_telemetry::{LogFormat, Telemetry, TraceArgs};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// Exit code for bad flags or configuration (sysexits' EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
+// The daemon's flags and the tracing flags every daemon shares; the help
+// text is the daemon's own.
+#[derive(Debug, Parser)]
+#[command(about = DaemonArgs::command().get_about().cloned().unwrap_or_default(), name = "sidestream-control-plane", version)]
+struct Cli {
+    #[command(flatten)]
+    args: DaemonArgs,
+    #[command(flatten)]
+    trace: TraceArgs,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match DaemonArgs::try_parse() {
-        Ok(args) => args,
+    let Cli { args, trace } = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             let _ = error.print();
             return ExitCode::SUCCESS;
@@ -22,11 +34,27 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let telemetry = match Telemetry::init("sidestream-control-plane", &trace, LogFormat::Text) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("sidestream-control-plane: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let code = run(args).await;
+    // Export the last spans before the runtime goes.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
+}
+
+async fn run(args: DaemonArgs) -> ExitCode {
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(error) => {
+            tracing::error!(%error, "Cannot listen for SIGTERM");
+            return ExitCode::FAILURE;
+        }
+    };
     match start(args).await {
         Ok(daemon) => {
             tokio::select! {
@@ -35,6 +63,7 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
                 _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+                _ = terminate.recv() => ExitCode::SUCCESS,
             }
         }
         Err(error) => {
