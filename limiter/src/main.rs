@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sidestream_limiter::daemon::{start, DaemonArgs};
 use sidestream_telemetry::{LogFormat, Telemetry, TraceArgs};
 use tokio::signal::unix::{signal, SignalKind};
@@ -10,9 +10,10 @@ use tokio::signal::unix::{signal, SignalKind};
 /// Exit code for bad flags or configuration (sysexits' EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
-/// The daemon's flags and the tracing flags every daemon shares.
+// The daemon's flags and the tracing flags every daemon shares; the help
+// text is the daemon's own.
 #[derive(Debug, Parser)]
-#[command(name = "sidestream-limiter", version)]
+#[command(about = DaemonArgs::command().get_about().cloned().unwrap_or_default(), name = "sidestream-limiter", version)]
 struct Cli {
     #[command(flatten)]
     args: DaemonArgs,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sidestream_proto::limits::v1 as pb;
 use sidestream_proto::limits::v1::stream_limiter_server::{StreamLimiter, StreamLimiterServer};
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::error::LimiterError;
 use crate::metrics::{Method, Metrics, Outcome};
@@ -36,6 +36,9 @@ impl LimiterService {
 
     /// Counts and logs a failed request, and turns it into a status.
     fn failed(&self, method: Method, error: LimiterError) -> Status {
+        let span = tracing::Span::current();
+        span.record("outcome", error_outcome(&error).as_str());
+        sidestream_telemetry::set_error(&span, error.to_string());
         match &error {
             LimiterError::Invalid(invalid) => {
                 debug!(method = method.as_str(), %invalid, "Invalid request");
@@ -69,6 +72,7 @@ impl LimiterService {
             ),
         };
         self.metrics.request(Method::Acquire, outcome);
+        tracing::Span::current().record("outcome", outcome.as_str());
         debug!(
             instance = %call.instance,
             policy = %call.target.policy,
@@ -89,53 +93,104 @@ impl LimiterService {
     }
 }
 
+fn error_outcome(error: &LimiterError) -> Outcome {
+    match error {
+        LimiterError::Invalid(_) => Outcome::Invalid,
+        LimiterError::Store(_) => Outcome::Error,
+    }
+}
+
+/// The span of one call: a server span `StreamLimiter/<Method>` continuing
+/// the caller's W3C trace context (`traceparent`/`tracestate` metadata), with
+/// the call's outcome.
+fn call_span<T>(method: Method, request: &Request<T>) -> tracing::Span {
+    let metadata = |name| {
+        request
+            .metadata()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let name = match method {
+        Method::Acquire => "StreamLimiter/Acquire",
+        Method::Release => "StreamLimiter/Release",
+        Method::Sync => "StreamLimiter/Sync",
+    };
+    let span = tracing::info_span!(
+        "call",
+        method = method.as_str(),
+        outcome = tracing::field::Empty,
+        otel.name = name,
+        otel.kind = "server",
+        rpc.system = "grpc",
+    );
+    sidestream_telemetry::continue_trace(&span, metadata("traceparent"), metadata("tracestate"));
+    span
+}
+
 #[tonic::async_trait]
 impl StreamLimiter for LimiterService {
     async fn acquire(
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
-        self.acquire_checked(request.get_ref())
-            .await
-            .map(Response::new)
-            .map_err(|e| self.failed(Method::Acquire, e))
+        let span = call_span(Method::Acquire, &request);
+        async {
+            self.acquire_checked(request.get_ref())
+                .await
+                .map(Response::new)
+                .map_err(|e| self.failed(Method::Acquire, e))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn release(
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let result = async {
-            let call = validate::Release::try_from(request.get_ref())?;
-            Ok::<_, LimiterError>(self.store.release(&call).await?)
-        }
-        .await;
-        match result {
-            Ok(held) => {
-                self.metrics.request(Method::Release, Outcome::Ok);
-                Ok(Response::new(pb::ReleaseResponse { held }))
+        let span = call_span(Method::Release, &request);
+        async {
+            let result = async {
+                let call = validate::Release::try_from(request.get_ref())?;
+                Ok::<_, LimiterError>(self.store.release(&call).await?)
             }
-            Err(error) => Err(self.failed(Method::Release, error)),
+            .await;
+            match result {
+                Ok(held) => {
+                    self.metrics.request(Method::Release, Outcome::Ok);
+                    tracing::Span::current().record("outcome", Outcome::Ok.as_str());
+                    Ok(Response::new(pb::ReleaseResponse { held }))
+                }
+                Err(error) => Err(self.failed(Method::Release, error)),
+            }
         }
+        .instrument(span)
+        .await
     }
 
     async fn sync(
         &self,
         request: Request<pb::SyncRequest>,
     ) -> Result<Response<pb::SyncResponse>, Status> {
-        let result = async {
-            let call = validate::Sync::try_from(request.get_ref())?;
-            Ok::<_, LimiterError>(self.store.sync(&call, Clock::Redis).await?)
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                self.metrics.request(Method::Sync, Outcome::Ok);
-                Ok(Response::new(pb::SyncResponse {
-                    lease_ms: self.store.lease_ms(),
-                }))
+        let span = call_span(Method::Sync, &request);
+        async {
+            let result = async {
+                let call = validate::Sync::try_from(request.get_ref())?;
+                Ok::<_, LimiterError>(self.store.sync(&call, Clock::Redis).await?)
             }
-            Err(error) => Err(self.failed(Method::Sync, error)),
+            .await;
+            match result {
+                Ok(()) => {
+                    self.metrics.request(Method::Sync, Outcome::Ok);
+                    tracing::Span::current().record("outcome", Outcome::Ok.as_str());
+                    Ok(Response::new(pb::SyncResponse {
+                        lease_ms: self.store.lease_ms(),
+                    }))
+                }
+                Err(error) => Err(self.failed(Method::Sync, error)),
+            }
         }
+        .instrument(span)
+        .await
     }
 }
