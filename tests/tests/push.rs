@@ -542,6 +542,17 @@ const MIB: usize = 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_subscribers_that_stop_reading_cannot_grow_memory_past_the_bound() {
+    // A thousand sockets here and as many in the server (which inherits the
+    // limit): more descriptors than a default soft limit of 1024.
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if nofile.current.is_some_and(|soft| soft < 4096) {
+        let raised = rustix::process::Rlimit {
+            current: nofile.maximum.map(|hard| hard.min(65536)),
+            maximum: nofile.maximum,
+        };
+        rustix::process::setrlimit(rustix::process::Resource::Nofile, raised)
+            .expect("raise the descriptor limit");
+    }
     let dir = run_dir("push-thousand").expect("run dir");
     let config = dir.join("topics.json");
     std::fs::write(
