@@ -18,6 +18,8 @@
 //!   Chromium on a page of the push server, with its own `console`; the test
 //!   waits for its first line, and `<!-- api-example: browser-output NAME -->`
 //!   is what it must have logged.
+//! - `<!-- api-example: sigterm -->`: the block is not run; the server gets
+//!   SIGTERM (and drains) instead.
 //! - `<!-- api-params: METHOD PATH: names -->`: every query parameter and
 //!   header the endpoint's handler reads is listed, and nothing else.
 //! - `<!-- api-errors -->`: the table lists every `PushError` with its code,
@@ -140,7 +142,7 @@ fn blocks(page: &str) -> Vec<Block> {
 // ---- the server ----------------------------------------------------------
 
 struct Server {
-    _proc: Proc,
+    proc: Proc,
     http: String,
     grpc: String,
     dir: PathBuf,
@@ -280,7 +282,7 @@ async fn start_server(blocks: &[Block], dir: &Path) -> Server {
         .expect("position <epoch>-0")
         .to_owned();
     Server {
-        _proc: proc,
+        proc,
         http,
         grpc,
         dir: dir.to_owned(),
@@ -417,6 +419,7 @@ async fn every_example_of_the_api_reference_prints_what_the_page_says() {
         let (verb, name) = action.split_once(' ').unwrap_or((action, ""));
         match verb {
             "file" | "server" => {}
+            "sigterm" => server.proc.signal(15).unwrap(),
             "run" => {
                 assert_eq!(block.lang, "sh", "{at}");
                 let output = blocks
@@ -442,8 +445,8 @@ async fn every_example_of_the_api_reference_prints_what_the_page_says() {
             "stream" => {
                 assert_eq!(block.lang, "sh", "{at}");
                 let running = Running::start(&server, &block.text);
-                // Connected (an SSE stream's first bytes are its `retry`).
-                settle(&server, &at, "retry…", || {
+                // Connected: its first line is out (an SSE stream's `retry`).
+                settle(&server, &at, "…", || {
                     let text = running.text();
                     async move { text.lines().next().unwrap_or("").to_owned() }
                 })
