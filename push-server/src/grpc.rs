@@ -1,5 +1,8 @@
 //! The gRPC API (`sidestream.push.v1.Push`): `Subscribe` and `Publish`, the
-//! same topics, ids, resume and auth as HTTP.
+//! same topics, ids, resume and auth as HTTP. A subscription whose token
+//! expires or is revoked ends with `UNAUTHENTICATED` and the metadata
+//! [`TOKEN_END_METADATA`] and [`RESUME_METADATA`] (where to resume with a
+//! fresh token).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use crate::error::PushError;
 use crate::hub::ConnectionControl;
 use crate::message::{Draft, MessageId};
 use crate::metrics::Transport;
+use crate::session::{TokenEnd, TokenEvent};
 use crate::state::AppState;
 use crate::subscription::{Event, Subscription};
 
@@ -83,9 +87,11 @@ impl Push for PushService {
                 .into());
             }
             let settings = self.state.topics.get(&position.topic)?;
-            self.state
-                .auth
-                .authorize_subscribe(&position.topic, &settings, token.as_deref())?;
+            let grant = self.state.auth.authorize_subscribe(
+                &position.topic,
+                &settings,
+                token.as_deref(),
+            )?;
             let from = if position.from.is_empty() {
                 None
             } else {
@@ -96,14 +102,14 @@ impl Push for PushService {
                         .map_err(|e| PushError::BadRequest(e.to_string()))?,
                 )
             };
-            positions.push(from);
+            positions.push((from, grant));
         }
         let control = Arc::new(ConnectionControl::default());
         let mut subscription =
             Subscription::open(&self.state, Transport::Grpc, Some(control.clone()))?;
         drop(_entered);
-        for (position, from) in topics.iter().zip(positions) {
-            subscription.add(&position.topic, from).await?;
+        for (position, (from, grant)) in topics.iter().zip(positions) {
+            subscription.add_held(&position.topic, from, grant).await?;
         }
         let heartbeat = self
             .state
@@ -184,6 +190,38 @@ struct GrpcStream {
     done: bool,
 }
 
+/// gRPC metadata of a stream ended by its token: `expired` or `revoked`.
+pub const TOKEN_END_METADATA: &str = "sidestream-token-end";
+/// gRPC metadata of a stream ended by its token: where to resume, as
+/// `topic=<message id>` pairs joined by `,` (the `from` of each topic).
+pub const RESUME_METADATA: &str = "sidestream-resume";
+
+/// `UNAUTHENTICATED`, saying why and where to resume with a fresh token.
+fn token_ended(subscription: &Subscription, end: TokenEnd) -> Status {
+    let message = match end {
+        TokenEnd::Expired => {
+            "the subscription token expired; subscribe again with a fresh token from the positions in sidestream-resume"
+        }
+        TokenEnd::Revoked => "the subscription token was revoked",
+    };
+    let mut status: Status = PushError::Unauthorized(message.into()).into();
+    let resume = subscription
+        .cursors()
+        .iter()
+        .map(|c| format!("{}={}", c.name, c.position))
+        .collect::<Vec<_>>()
+        .join(",");
+    let metadata = status.metadata_mut();
+    metadata.insert(
+        TOKEN_END_METADATA,
+        tonic::metadata::MetadataValue::from_static(end.as_str()),
+    );
+    if let Ok(value) = resume.parse() {
+        metadata.insert(RESUME_METADATA, value);
+    }
+    status
+}
+
 fn event(event: subscribe_event::Event) -> Option<Result<SubscribeEvent, Status>> {
     Some(Ok(SubscribeEvent { event: Some(event) }))
 }
@@ -237,6 +275,15 @@ impl Stream for GrpcStream {
             Poll::Ready(Some(Event::SlowConsumer)) => {
                 this.done = true;
                 Poll::Ready(Some(Err(PushError::SlowConsumer.into())))
+            }
+            Poll::Ready(Some(Event::Token(TokenEvent::Ended(end)))) => {
+                this.done = true;
+                Poll::Ready(Some(Err(token_ended(&this.subscription, end))))
+            }
+            // gRPC has no renewal in band (no grace): never announced.
+            Poll::Ready(Some(Event::Token(TokenEvent::Expiring { .. }))) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
             Poll::Ready(None) => {
                 this.done = true;

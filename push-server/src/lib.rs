@@ -20,6 +20,7 @@ pub mod message;
 pub mod metrics;
 pub mod publish;
 pub mod server;
+pub mod session;
 pub mod slow;
 pub mod state;
 pub mod subscription;

@@ -94,6 +94,11 @@ struct Cli {
     /// HS256 secret for publish and subscription JWTs.
     #[arg(long, env = "SIDESTREAM_PUSH_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// How long a WebSocket whose subscription token expired keeps streaming
+    /// while it may still renew it with a `refresh` frame (SSE and gRPC
+    /// streams end at expiry).
+    #[arg(long, env = "SIDESTREAM_PUSH_TOKEN_REFRESH_GRACE", value_parser = parse_duration, default_value = "10s")]
+    token_refresh_grace: Duration,
     /// Heartbeat interval (SSE comment, WebSocket ping, gRPC heartbeat).
     #[arg(long, env = "SIDESTREAM_PUSH_HEARTBEAT", value_parser = parse_duration, default_value = "15s")]
     heartbeat: Duration,
@@ -273,6 +278,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         drain_grace: cli.drain_grace,
         publish_open,
         jwt_secret: cli.jwt_secret.clone(),
+        token_refresh_grace: cli.token_refresh_grace,
         slow_delivery_threshold: cli.slow_delivery_threshold,
         slow_delivery_ring: cli.slow_delivery_ring,
         idempotency_window: cli.idempotency_window,

@@ -45,6 +45,9 @@ pub struct Settings {
     /// Publishing without a token is allowed.
     pub publish_open: bool,
     pub jwt_secret: Option<String>,
+    /// How long a WebSocket whose subscription token expired keeps streaming
+    /// while it may still renew it with a `refresh` frame.
+    pub token_refresh_grace: Duration,
     pub slow_delivery_threshold: Duration,
     pub slow_delivery_ring: usize,
     pub idempotency_window: Duration,
@@ -75,6 +78,7 @@ impl Default for Settings {
             drain_grace: Duration::from_secs(10),
             publish_open: true,
             jwt_secret: None,
+            token_refresh_grace: Duration::from_secs(10),
             slow_delivery_threshold: Duration::from_millis(50),
             slow_delivery_ring: 256,
             idempotency_window: Duration::from_secs(600),

@@ -19,15 +19,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::Stream as _;
+
 use sidestream_core::backoff::Backoff;
 use sidestream_core::config::TopicSettings;
 use tokio::sync::mpsc;
 
+use crate::auth::Grant;
 use crate::broker::{replay_page, resume_outcome, BrokerError, ResetReason};
 use crate::error::PushError;
 use crate::hub::{ConnectionControl, Delivery, StreamHandle, StreamKey, TopicKey};
 use crate::message::{Epoch, Message, MessageId};
 use crate::metrics::Transport;
+use crate::session::{due, Due, Held, TokenEnd, TokenEvent, TokenSession};
 use crate::state::AppState;
 use crate::topics::MAX_TOPICS_PER_STREAM;
 use crate::trace::{CloseReason, SubscriptionSpan};
@@ -54,6 +58,9 @@ pub enum Event {
     Drain { retry_ms: u64 },
     /// The subscriber fell too far behind and is cut.
     SlowConsumer,
+    /// The stream's subscription token lapsed, or ended (and the stream
+    /// with it); see [`crate::session`].
+    Token(TokenEvent),
 }
 
 impl Event {
@@ -63,7 +70,7 @@ impl Event {
             Event::Message { index, .. } | Event::Reset { index, .. } | Event::Live { index } => {
                 Some(*index)
             }
-            Event::Drain { .. } | Event::SlowConsumer => None,
+            Event::Drain { .. } | Event::SlowConsumer | Event::Token(_) => None,
         }
     }
 
@@ -75,7 +82,7 @@ impl Event {
                     *index -= 1;
                 }
             }
-            Event::Drain { .. } | Event::SlowConsumer => {}
+            Event::Drain { .. } | Event::SlowConsumer | Event::Token(_) => {}
         }
     }
 }
@@ -100,6 +107,16 @@ pub struct Cursor {
     key: Option<TopicKey>,
     /// History still to replay, fetched a page at a time.
     replay: Option<Replay>,
+    /// The subscription token the topic is held under (topics with
+    /// `subscribeAuth: token`).
+    held: Option<Held>,
+}
+
+impl Cursor {
+    /// Whether the stream is subscribed to the topic (not left).
+    pub fn is_subscribed(&self) -> bool {
+        self.key.is_some()
+    }
 }
 
 /// The part of a topic's history a resume has not fetched yet.
@@ -150,6 +167,8 @@ pub struct Subscription {
     /// replay through the same Redis blip do not retry in step.
     retry_backoff: Backoff,
     finished: bool,
+    /// Token expiry and revocation; `None` until a topic holds a token.
+    tokens: Option<Box<TokenSession>>,
     /// The stream's life as a span (exported with OTLP only).
     span: SubscriptionSpan,
 }
@@ -185,6 +204,7 @@ impl Subscription {
             retry: None,
             retry_backoff: Backoff::new(PAGE_RETRY_INITIAL, PAGE_RETRY_MAX),
             finished: false,
+            tokens: None,
             span: SubscriptionSpan::open(transport),
         })
     }
@@ -291,6 +311,7 @@ impl Subscription {
                     position: resume.position,
                     key: None,
                     replay: None,
+                    held: None,
                 });
                 self.cursors.len() - 1
             }
@@ -328,6 +349,118 @@ impl Subscription {
         Ok(index)
     }
 
+    /// [`Subscription::add`] for a topic authorised with `grant` (from
+    /// [`crate::auth::Auth::authorize_subscribe`]): the stream ends when the
+    /// token does, or when the topic's settings revoke it.
+    pub async fn add_held(
+        &mut self,
+        topic: &str,
+        from: Option<MessageId>,
+        grant: Option<Grant>,
+    ) -> Result<usize, PushError> {
+        let index = self.add(topic, from).await?;
+        self.hold(index, grant);
+        Ok(index)
+    }
+
+    /// Holds topic `index` under `grant` from now on (a renewed token).
+    pub fn hold(&mut self, index: usize, grant: Option<Grant>) {
+        let Some(cursor) = self.cursors.get_mut(index) else {
+            return;
+        };
+        cursor.held = grant.map(|grant| {
+            Held::new(
+                grant,
+                tokio::time::Instant::now(),
+                crate::message::unix_nanos(),
+            )
+        });
+        if cursor.held.is_some() && self.tokens.is_none() {
+            self.tokens = Some(Box::new(TokenSession::new(self.state.topics.changes())));
+        }
+        self.update_token_end();
+    }
+
+    /// The earliest `exp` (Unix seconds) of the tokens the stream holds.
+    pub fn token_exp(&self) -> Option<u64> {
+        self.tokens.as_ref()?.end.map(|(_, exp)| exp)
+    }
+
+    fn update_token_end(&mut self) {
+        let end = self
+            .cursors
+            .iter()
+            .filter(|c| c.key.is_some())
+            .filter_map(|c| c.held.as_ref())
+            .map(|held| (held.end, held.grant.exp))
+            .min();
+        if let Some(tokens) = &mut self.tokens {
+            tokens.end = end;
+        }
+    }
+
+    /// Why the current topic settings refuse a token the stream holds.
+    fn revoked(&self) -> Option<String> {
+        self.cursors.iter().find_map(|cursor| {
+            let held = cursor.held.as_ref().filter(|_| cursor.key.is_some())?;
+            let settings = self.state.topics.get(&cursor.name).ok()?;
+            crate::auth::revocation(&cursor.name, &settings, &held.grant)
+        })
+    }
+
+    /// Token expiry and revocation: one timer, and the settings' changes.
+    fn poll_tokens(&mut self, cx: &mut Context<'_>) -> Option<TokenEvent> {
+        let tokens = self.tokens.as_mut()?;
+        let mut changed = false;
+        while let Poll::Ready(Some(_)) = Pin::new(&mut tokens.changes).poll_next(cx) {
+            changed = true;
+        }
+        if changed {
+            if let Some(why) = self.revoked() {
+                tracing::info!(transport = self.handle.transport.as_str(), reason = %why, "Subscription token revoked: ending the stream");
+                return Some(TokenEvent::Ended(TokenEnd::Revoked));
+            }
+        }
+        let grace = if self.handle.transport == Transport::WebSocket {
+            self.state.settings.token_refresh_grace
+        } else {
+            Duration::ZERO
+        };
+        let tokens = self.tokens.as_mut()?;
+        let end = tokens.end;
+        let mut now = tokio::time::Instant::now();
+        loop {
+            match due(now, end.map(|(at, _)| at), grace, tokens.warned) {
+                Due::Never => return None,
+                Due::At(at) => {
+                    if tokens.timer.deadline() != at {
+                        tokens.timer.as_mut().reset(at);
+                    }
+                    if tokens.timer.as_mut().poll(cx).is_pending() {
+                        return None;
+                    }
+                    now = now.max(at);
+                }
+                Due::Warn { close_at } => {
+                    tokens.warned = end.map(|(at, _)| at);
+                    let exp = end.map(|(_, exp)| exp).unwrap_or_default();
+                    return Some(TokenEvent::Expiring {
+                        exp,
+                        close_in: close_at.saturating_duration_since(now),
+                    });
+                }
+                Due::Expired => {
+                    tracing::info!(
+                        transport = self.handle.transport.as_str(),
+                        exp = end.map(|(_, exp)| exp),
+                        "Subscription token expired: ending the stream"
+                    );
+                    return Some(TokenEvent::Ended(TokenEnd::Expired));
+                }
+            }
+        }
+    }
+
     /// Unsubscribes from `topic`: its cursor and pending events go (the
     /// indexes of later topics shift down), so a client that subscribes to
     /// and leaves ever new topics does not grow the stream.
@@ -358,6 +491,7 @@ impl Subscription {
         for event in &mut self.pending {
             event.shift_down_after(index);
         }
+        self.update_token_end();
         match cursor.key {
             Some(key) => {
                 self.release(key);
@@ -517,6 +651,12 @@ impl Subscription {
                 );
                 return Poll::Ready(Some(Event::SlowConsumer));
             }
+            if let Some(token) = self.poll_tokens(cx) {
+                if matches!(token, TokenEvent::Ended(_)) {
+                    self.finished = true;
+                }
+                return Poll::Ready(Some(Event::Token(token)));
+            }
             if let Some(event) = self.pop_pending() {
                 match &event {
                     Event::Message { index, message } if self.is_active(*index) => {
@@ -533,7 +673,10 @@ impl Subscription {
                     } if self.is_active(*index) => self.cursors[*index].position = *position,
                     Event::Live { index } if self.is_active(*index) => {}
                     Event::Message { .. } | Event::Reset { .. } | Event::Live { .. } => continue,
-                    Event::Drain { .. } | Event::SlowConsumer => self.finished = true,
+                    Event::Drain { .. }
+                    | Event::SlowConsumer
+                    | Event::Token(TokenEvent::Ended(_)) => self.finished = true,
+                    Event::Token(TokenEvent::Expiring { .. }) => {}
                 }
                 return Poll::Ready(Some(event));
             }
@@ -776,6 +919,145 @@ mod tests {
         assert_eq!(seqs, expected);
         assert_eq!(resets, [(ResetReason::HistoryGap, 30, 16)]);
         assert!(subscription.held_peak() <= 16);
+    }
+
+    /// A grant whose `exp` is `secs` from now (whole seconds, as JWTs have).
+    fn grant(sub: &str, secs: u64) -> Grant {
+        Grant {
+            sub: Some(sub.into()),
+            jti: None,
+            exp: crate::message::unix_nanos() / 1_000_000_000 + secs,
+        }
+    }
+
+    fn token_topic(name: &str) -> TopicSettings {
+        let mut settings = TopicSettings::defaults(name);
+        settings.subscribe_auth = sidestream_core::config::SubscribeAuth::Token;
+        settings
+    }
+
+    async fn next_token_event(subscription: &mut Subscription) -> TokenEvent {
+        loop {
+            match subscription.next_event().await.expect("an event") {
+                Event::Token(token) => return token,
+                Event::Live { .. } | Event::Message { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_sse_stream_ends_when_its_token_does() {
+        let state = state_with(16, vec![token_topic("t")]).await;
+        let mut subscription = Subscription::open(&state, Transport::Sse, None).unwrap();
+        let start = tokio::time::Instant::now();
+        subscription
+            .add_held("t", None, Some(grant("alice", 10)))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_token_event(&mut subscription).await,
+            TokenEvent::Ended(TokenEnd::Expired)
+        );
+        // `exp` (9-10 s away in whole seconds) plus the 5 s leeway.
+        let lived = start.elapsed();
+        assert!(
+            lived > Duration::from_secs(13) && lived <= Duration::from_secs(15),
+            "{lived:?}"
+        );
+        assert!(subscription.next_event().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_websocket_is_warned_renews_and_ends_after_the_grace_without_renewal() {
+        let state = state_with(16, vec![token_topic("t")]).await;
+        let mut subscription = Subscription::open(&state, Transport::WebSocket, None).unwrap();
+        let index = subscription
+            .add_held("t", None, Some(grant("alice", 10)))
+            .await
+            .unwrap();
+        let TokenEvent::Expiring { close_in, .. } = next_token_event(&mut subscription).await
+        else {
+            panic!("a warning first");
+        };
+        // The grace (less the timer's millisecond).
+        let grace = state.settings.token_refresh_grace;
+        assert!(
+            close_in <= grace && close_in + Duration::from_millis(5) > grace,
+            "{close_in:?}"
+        );
+        // Messages keep coming during the grace.
+        publish(&state, "t", "in the grace").await;
+        let Some(Event::Message { message, .. }) = subscription.next_event().await else {
+            panic!("the message");
+        };
+        assert_eq!(&message.data[..], b"in the grace");
+        // A renewal within the grace: the stream goes on past the old close.
+        let renewed = grant("alice", 60);
+        subscription.hold(index, Some(renewed.clone()));
+        assert_eq!(subscription.token_exp(), Some(renewed.exp));
+        let renewed_at = tokio::time::Instant::now();
+        let TokenEvent::Expiring { exp, .. } = next_token_event(&mut subscription).await else {
+            panic!("a warning for the new token");
+        };
+        assert_eq!(exp, renewed.exp);
+        assert!(renewed_at.elapsed() > Duration::from_secs(60));
+        assert_eq!(
+            next_token_event(&mut subscription).await,
+            TokenEvent::Ended(TokenEnd::Expired)
+        );
+        assert!(renewed_at.elapsed() >= Duration::from_secs(70));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revocation_ends_a_matching_stream_as_soon_as_the_settings_arrive() {
+        let state = state_with(16, vec![token_topic("t"), token_topic("u")]).await;
+        let mut mallory = Subscription::open(&state, Transport::Grpc, None).unwrap();
+        mallory
+            .add_held("t", None, Some(grant("mallory", 3600)))
+            .await
+            .unwrap();
+        let mut alice = Subscription::open(&state, Transport::Sse, None).unwrap();
+        alice
+            .add_held("t", None, Some(grant("alice", 3600)))
+            .await
+            .unwrap();
+        // A stream of another topic is not concerned by t's list.
+        let mut elsewhere = Subscription::open(&state, Transport::WebSocket, None).unwrap();
+        elsewhere
+            .add_held("u", None, Some(grant("mallory", 3600)))
+            .await
+            .unwrap();
+        for subscription in [&mut mallory, &mut alice, &mut elsewhere] {
+            assert!(matches!(
+                subscription.next_event().await,
+                Some(Event::Live { .. })
+            ));
+        }
+        let mut revoking = token_topic("t");
+        revoking.revoked_subjects.insert("mallory".into());
+        state
+            .topics
+            .apply_control_plane([revoking, token_topic("u")]);
+        // The clock is paused: the stream ends without a moment passing.
+        let event = tokio::time::timeout(Duration::from_secs(1), mallory.next_event())
+            .await
+            .expect("within a second");
+        assert!(matches!(
+            event,
+            Some(Event::Token(TokenEvent::Ended(TokenEnd::Revoked)))
+        ));
+        assert!(mallory.next_event().await.is_none());
+        publish(&state, "t", "for alice").await;
+        publish(&state, "u", "for mallory elsewhere").await;
+        assert!(matches!(
+            alice.next_event().await,
+            Some(Event::Message { .. })
+        ));
+        assert!(matches!(
+            elsewhere.next_event().await,
+            Some(Event::Message { .. })
+        ));
     }
 
     async fn publish(state: &AppState, topic: &str, data: &'static str) -> MessageId {

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use sidestream_core::config::{self, Item, Kind, TopicSettings};
+use tokio::sync::watch;
 
 use crate::error::PushError;
 
@@ -23,6 +24,9 @@ pub struct TopicRegistry {
     allow_unconfigured: bool,
     defaults: Arc<TopicSettings>,
     table: RwLock<TopicTable>,
+    /// Bumped each time the control plane's topics are replaced: streams
+    /// holding tokens re-check their revocation lists.
+    changes: watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -45,7 +49,13 @@ impl TopicRegistry {
                     .collect(),
                 from_control_plane: None,
             }),
+            changes: watch::Sender::new(0),
         }
+    }
+
+    /// Tells when the settings change (each new control-plane snapshot).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The settings of `topic`: configured, else the defaults (when unconfigured topics are allowed).
@@ -83,6 +93,8 @@ impl TopicRegistry {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         table.from_control_plane = Some(topics);
+        drop(table);
+        self.changes.send_modify(|generation| *generation += 1);
     }
 
     /// Names of every configured topic (file and control plane).

@@ -4,7 +4,9 @@
 //! (`id`, `event` when the message has one, `data`), `sidestream.reset`
 //! events (data `{"topic", "reason", "position"}`) when a resume missed
 //! messages, heartbeat comments, and at the end `sidestream.drain` (with a
-//! jittered `retry`) or `sidestream.disconnect` (`{"reason":"slow-consumer"}`).
+//! jittered `retry`) or `sidestream.disconnect` (`{"reason":"slow-consumer"}`),
+//! or `sidestream.token-expired` (`{"reason":"expired"|"revoked","lastEventId"}`,
+//! with the `id` of the last event) when the stream's subscription token ends.
 //! `Last-Event-ID` (header, or the `lastEventId` query parameter) resumes every
 //! topic; see [`crate::event_id`] for the id format.
 //!
@@ -36,10 +38,14 @@ use crate::event_id;
 use crate::hub::ConnectionControl;
 use crate::message::SseEventNames;
 use crate::metrics::Transport;
+use crate::session::TokenEvent;
 use crate::state::AppState;
 use crate::subscription::{Event, Subscription};
 
 const HEARTBEAT: &[u8] = b":\n\n";
+
+/// The event ending a stream whose subscription token expired or was revoked.
+pub const TOKEN_EXPIRED_EVENT: &str = "sidestream.token-expired";
 
 /// The query parameter choosing what `event:` holds.
 pub const EVENT_NAME_PARAM: &str = "eventName";
@@ -153,9 +159,10 @@ async fn subscribe(
     }
     let names = event_names(query, &topics)?;
     let bearer = token(headers, query);
+    let mut grants = Vec::with_capacity(topics.len());
     for topic in &topics {
         let settings = state.topics.get(topic)?;
-        state.auth.authorize_subscribe(topic, &settings, bearer)?;
+        grants.push(state.auth.authorize_subscribe(topic, &settings, bearer)?);
     }
     let last_event_id = header(headers, "last-event-id")
         .or_else(|| query.first("lastEventId"))
@@ -165,9 +172,9 @@ async fn subscribe(
         None => None,
     };
     let mut subscription = Subscription::open(state, Transport::Sse, connection)?;
-    for (i, topic) in topics.iter().enumerate() {
+    for (i, (topic, grant)) in topics.iter().zip(grants).enumerate() {
         subscription
-            .add(topic, positions.as_ref().map(|p| p[i]))
+            .add_held(topic, positions.as_ref().map(|p| p[i]), grant)
             .await?;
     }
     tracing::debug!(topics = ?topics, resumed = last_event_id.is_some(), ?names, "SSE subscribed");
@@ -312,6 +319,21 @@ impl http_body::Body for SseBody {
                     let frame = this.control_event(false, "sidestream.disconnect", &data, None);
                     return this.frame(frame);
                 }
+                Poll::Ready(Some(Event::Token(TokenEvent::Ended(end)))) => {
+                    this.done = true;
+                    // The id is the last event's, so a reconnect with a fresh
+                    // token and this id resumes exactly.
+                    let last = event_id::encode(&this.subscription.positions());
+                    let data = serde_json::json!({ "reason": end.as_str(), "lastEventId": last });
+                    let frame = this.control_event(true, TOKEN_EXPIRED_EVENT, &data, None);
+                    this.subscription
+                        .state()
+                        .metrics
+                        .control_bytes(Transport::Sse, frame.len());
+                    return this.frame(frame);
+                }
+                // SSE has no renewal in band: no grace, nothing to announce.
+                Poll::Ready(Some(Event::Token(TokenEvent::Expiring { .. }))) => continue,
                 Poll::Ready(None) => {
                     this.done = true;
                     return Poll::Ready(None);

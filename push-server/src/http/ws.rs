@@ -3,6 +3,9 @@
 //! Client → server:
 //! - `{"type":"subscribe","topic":"a","from":"<message id>"?,"token":"<jwt>"?}`
 //! - `{"type":"unsubscribe","topic":"a"}`
+//! - `{"type":"refresh","token":"<jwt>","topic":"a"?}` (a renewed subscription
+//!   token, checked as at subscribe for every topic that needs one, or for
+//!   `topic` alone; it becomes the connection's token)
 //!
 //! Server → client:
 //! - `{"type":"message","topic","id","event","data","publishedUnixNanos"}`
@@ -10,7 +13,12 @@
 //! - `{"type":"subscribed","topic","position"}` (replay done, live from here)
 //! - `{"type":"unsubscribed","topic"}`
 //! - `{"type":"error","topic"?,"error","message"}` (the connection stays open)
+//! - `{"type":"refreshed","topics","expiresAt"}` (the answer to `refresh`)
+//! - `{"type":"token-expiring","expiresAt","closeInMs"}` (the token lapsed:
+//!   refresh within `closeInMs`, the refresh grace, or the socket closes)
 //! - `{"type":"drain","retryMs"}` then close 1012; `{"type":"disconnect","reason":"slow-consumer"}` then close 1013.
+//! - `{"type":"token-expired","reason":"expired"|"revoked","positions"}` then
+//!   close 4401 (expired) or 4403 (revoked).
 //!
 //! A token for topics with `subscribeAuth: token` may also come in the
 //! upgrade's `Authorization` header or `token` query parameter. Pings go out
@@ -34,6 +42,7 @@ use crate::error::PushError;
 use crate::hub::ConnectionControl;
 use crate::message::MessageId;
 use crate::metrics::Transport;
+use crate::session::{TokenEnd, TokenEvent};
 use crate::state::AppState;
 use crate::subscription::{Event, Subscription};
 
@@ -41,6 +50,10 @@ use crate::subscription::{Event, Subscription};
 const CLOSE_SERVICE_RESTART: u16 = 1012;
 /// Close code: try again later (slow consumer).
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// Close code: the subscription token expired and was not renewed.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4401;
+/// Close code: the subscription token was revoked.
+pub const CLOSE_TOKEN_REVOKED: u16 = 4403;
 /// How long a cut subscriber gets to take its goodbye frame.
 const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest client frame accepted.
@@ -58,6 +71,11 @@ enum ClientFrame {
     },
     Unsubscribe {
         topic: String,
+    },
+    Refresh {
+        token: String,
+        #[serde(default)]
+        topic: Option<String>,
     },
 }
 
@@ -79,9 +97,8 @@ pub async fn upgrade(
     // control, so a slow consumer that stops reading is still cut.
     drop(connection);
     let control = Arc::new(ConnectionControl::default());
-    let subscription = span.in_scope(|| {
-        Subscription::open(&state, Transport::WebSocket, Some(control.clone()))
-    })?;
+    let subscription =
+        span.in_scope(|| Subscription::open(&state, Transport::WebSocket, Some(control.clone())))?;
     let heartbeat = state.settings.heartbeat;
     Ok(upgrade
         .max_message_size(MAX_CLIENT_FRAME)
@@ -103,7 +120,7 @@ pub async fn upgrade(
 async fn run(
     mut socket: WebSocket,
     mut subscription: Subscription,
-    token: Option<String>,
+    mut token: Option<String>,
     heartbeat: std::time::Duration,
 ) {
     let heartbeat = heartbeat.max(std::time::Duration::from_millis(10));
@@ -121,7 +138,7 @@ async fn run(
             frame = socket.recv() => {
                 match frame {
                     Some(Ok(WsMessage::Text(text))) => {
-                        let reply = handle_client_frame(&mut subscription, token.as_deref(), text.as_str()).await;
+                        let reply = handle_frame(&mut subscription, &mut token, text.as_str()).await;
                         if let Some(reply) = reply {
                             if send_json(&mut socket, &subscription, reply).await.is_err() {
                                 break;
@@ -147,9 +164,23 @@ async fn run(
     }
 }
 
-async fn handle_client_frame(
+/// Handles one client text frame; returns the reply to send, if any.
+/// (Public for the fuzz targets, `fuzz/fuzz_targets/ws_frame.rs`.)
+#[doc(hidden)]
+pub async fn handle_client_frame(
     subscription: &mut Subscription,
     upgrade_token: Option<&str>,
+    text: &str,
+) -> Option<serde_json::Value> {
+    let mut token = upgrade_token.map(str::to_owned);
+    handle_frame(subscription, &mut token, text).await
+}
+
+/// Handles one client text frame with the connection's token (which a
+/// `refresh` replaces); returns the reply to send, if any.
+async fn handle_frame(
+    subscription: &mut Subscription,
+    connection_token: &mut Option<String>,
     text: &str,
 ) -> Option<serde_json::Value> {
     let frame: ClientFrame = match serde_json::from_str(text) {
@@ -166,10 +197,10 @@ async fn handle_client_frame(
             let result = async {
                 let state = subscription.state().clone();
                 let settings = state.topics.get(&topic)?;
-                state.auth.authorize_subscribe(
+                let grant = state.auth.authorize_subscribe(
                     &topic,
                     &settings,
-                    token.as_deref().or(upgrade_token),
+                    token.as_deref().or(connection_token.as_deref()),
                 )?;
                 let from = match from.as_deref().filter(|f| !f.is_empty()) {
                     Some(from) => Some(
@@ -178,7 +209,7 @@ async fn handle_client_frame(
                     ),
                     None => None,
                 };
-                subscription.add(&topic, from).await
+                subscription.add_held(&topic, from, grant).await
             }
             .await;
             // Success is announced by the `subscribed` event after the replay.
@@ -188,7 +219,62 @@ async fn handle_client_frame(
             subscription.remove(&topic);
             Some(serde_json::json!({ "type": "unsubscribed", "topic": topic }))
         }
+        ClientFrame::Refresh { token, topic } => {
+            match refresh(subscription, &token, topic.as_deref()) {
+                Ok(topics) => {
+                    if topic.is_none() {
+                        *connection_token = Some(token);
+                    }
+                    Some(serde_json::json!({
+                        "type": "refreshed",
+                        "topics": topics,
+                        "expiresAt": subscription.token_exp(),
+                    }))
+                }
+                Err(error) => Some(error_frame(topic.as_deref(), &error)),
+            }
+        }
     }
+}
+
+/// Checks `token` for every subscribed topic (or `only` that one) as a
+/// subscribe would, and holds them under it; all or nothing. Returns the
+/// topics that hold it.
+fn refresh(
+    subscription: &mut Subscription,
+    token: &str,
+    only: Option<&str>,
+) -> Result<Vec<String>, PushError> {
+    let state = subscription.state().clone();
+    let mut grants = Vec::new();
+    for (index, cursor) in subscription.cursors().iter().enumerate() {
+        if only.is_some_and(|only| only != &*cursor.name) || !cursor.is_subscribed() {
+            continue;
+        }
+        let settings = state.topics.get(&cursor.name)?;
+        let grant = state
+            .auth
+            .authorize_subscribe(&cursor.name, &settings, Some(token))?;
+        grants.push((index, cursor.name.to_string(), grant));
+    }
+    if let Some(only) = only.filter(|_| grants.is_empty()) {
+        return Err(PushError::BadRequest(format!(
+            "refresh names topic '{}', which this socket does not subscribe to",
+            only.chars().take(200).collect::<String>()
+        )));
+    }
+    if grants.iter().all(|(_, _, grant)| grant.is_none()) {
+        // Nothing here needs a token: still refuse one that is no good.
+        state.auth.check_subscription_token(token)?;
+    }
+    let mut topics = Vec::new();
+    for (index, name, grant) in grants {
+        if grant.is_some() {
+            topics.push(name);
+        }
+        subscription.hold(index, grant);
+    }
+    Ok(topics)
 }
 
 fn error_frame(topic: Option<&str>, error: &PushError) -> serde_json::Value {
@@ -266,6 +352,35 @@ async fn write_event(
             )
             .await;
             close(socket, CLOSE_TRY_AGAIN_LATER, "slow consumer").await;
+            Ok(false)
+        }
+        Event::Token(TokenEvent::Expiring { exp, close_in }) => {
+            let close_in_ms = u64::try_from(close_in.as_millis()).unwrap_or(u64::MAX);
+            send_json(
+                socket,
+                subscription,
+                serde_json::json!({ "type": "token-expiring", "expiresAt": exp, "closeInMs": close_in_ms }),
+            )
+            .await?;
+            Ok(true)
+        }
+        Event::Token(TokenEvent::Ended(end)) => {
+            let positions: serde_json::Map<String, serde_json::Value> = subscription
+                .cursors()
+                .iter()
+                .map(|c| (c.name.to_string(), c.position.to_string().into()))
+                .collect();
+            let _ = send_json(
+                socket,
+                subscription,
+                serde_json::json!({ "type": "token-expired", "reason": end.as_str(), "positions": positions }),
+            )
+            .await;
+            let (code, reason) = match end {
+                TokenEnd::Expired => (CLOSE_TOKEN_EXPIRED, "subscription token expired"),
+                TokenEnd::Revoked => (CLOSE_TOKEN_REVOKED, "subscription token revoked"),
+            };
+            close(socket, code, reason).await;
             Ok(false)
         }
     }
