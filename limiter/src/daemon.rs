@@ -49,8 +49,8 @@ pub struct DaemonArgs {
         default_value = "127.0.0.1:18301"
     )]
     pub admin_listen: SocketAddr,
-    /// Redis: one URL (redis://host:port[/db], rediss:// for TLS); with
-    /// --redis-cluster a comma-separated list of Cluster seed node URLs.
+    /// Redis: one URL (redis://host:port[/db]); with --redis-cluster a
+    /// comma-separated list of Cluster seed node URLs.
     #[arg(
         long,
         env = "SIDESTREAM_LIMITER_REDIS",
@@ -315,6 +315,10 @@ mod tests {
                 "--redis: 'http://a:1' is not a Redis URL",
             ),
             (vec!["x", "--redis", " , "], "--redis is empty"),
+            (
+                vec!["x", "--redis", "rediss://a:1"],
+                "--redis: 'rediss://a:1' is not a Redis URL",
+            ),
             (
                 vec!["x", "--lease", "100ms"],
                 "--lease: 100ms is outside 500ms..=1h",

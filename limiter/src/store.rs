@@ -28,7 +28,7 @@ const SYNC_CONCURRENCY: usize = 64;
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
-    /// One Redis: `redis://host:port[/db]` (or `rediss://`).
+    /// One Redis: `redis://host:port[/db]`.
     Standalone(String),
     /// Redis Cluster seed nodes, each `redis://host:port`.
     Cluster(Vec<String>),

@@ -108,6 +108,45 @@ fn assert_same(step: usize, core: &Admission, redis: &Decision, policy: &StreamL
     }
 }
 
+/// The bucket in Redis holds exactly the core's state: tokens in
+/// micro-tokens, the carry (Redis: nano-tokens, core: femto-tokens) and the
+/// refill time (Redis: µs, core: ns). The core's state is read from its
+/// documented encoding (`SL`, version 1, then little-endian tokens, carry,
+/// last refill, active).
+async fn assert_same_state(
+    step: usize,
+    core: &StreamLimitState,
+    redis: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) {
+    let encoded = core.encode();
+    assert_eq!(
+        &encoded[..3],
+        b"SL\x01",
+        "the core's state encoding changed"
+    );
+    let field = |at: usize| u64::from_le_bytes(encoded[at..at + 8].try_into().expect("8 bytes"));
+    let (tokens, carry_femto, last_ns) = (field(3), field(11), field(19));
+    let got: Vec<u64> = redis::cmd("HMGET")
+        .arg(key)
+        .arg("t")
+        .arg("c")
+        .arg("l")
+        .query_async(redis)
+        .await
+        .expect("bucket");
+    assert_eq!(
+        got,
+        [tokens, carry_femto / 1_000_000, last_ns / 1000],
+        "step {step}: Redis bucket (t, c, l) vs the core's"
+    );
+    assert_eq!(
+        carry_femto % 1_000_000,
+        0,
+        "step {step}: the core's carry below a nano-token"
+    );
+}
+
 /// A small deterministic generator (the sequences must be reproducible).
 struct Lcg(u64);
 
@@ -135,6 +174,11 @@ async fn the_bucket_decides_as_the_local_limiter_does() {
     // Leases longer than the simulated months, so that the core (which has
     // none) and Redis count the same streams.
     let store = store(&redis, Duration::from_secs(365 * 86_400));
+    let mut connection = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
     let policies = [
         json_policy(5.0, 5, Some(3)),
         json_policy(1.2, 3, None),
@@ -147,6 +191,7 @@ async fn the_bucket_decides_as_the_local_limiter_does() {
     for (p, policy) in policies.iter().enumerate() {
         let mut random = Lcg(0x5eed + p as u64);
         let target = target("p", &format!("vs-core-{p}"));
+        let bucket_key = KeyPrefix::default().keys(&target).bucket;
         let mut now_us = T0;
         let mut core = StreamLimitState::new(policy, now_us * 1000);
         // Steps scaled to the refill time of one token.
@@ -183,6 +228,7 @@ async fn the_bucket_decides_as_the_local_limiter_does() {
                 .await
                 .expect("acquire");
             assert_same(step, &want, &got, policy);
+            assert_same_state(step, &core, &mut connection, &bucket_key).await;
             if let Admission::Admitted { .. } = want {
                 admitted += 1;
                 assert_eq!(got.active, core.active(), "step {step}");
