@@ -10,7 +10,7 @@ IMAGE ?= example.invalid/sidestream/sidestream-filter:0.1.0
 .PHONY: istio-sha wasm-image help deps deps-run deps-bench filter build lint test unit-test integration-test run bench schema clean
 
 help:
-	@echo "make run    start the whole stack on loopback (etcd, control plane, Redis, push servers, Envoy + filter)"
+	@echo "make run    start the whole stack on loopback (etcd, control plane, Redis, limiter, push servers, Envoy + filter)"
 	@echo "make test   install what is missing, build everything, run every test"
 	@echo "make bench  run the benchmarks and rewrite BENCHMARKS.md"
 	@echo "make filter build the Wasm filter to $(WASM)"

@@ -5,7 +5,9 @@
 #
 #   etcd            127.0.0.1:2379   config store (/sidestream/v1/...)
 #   control plane   127.0.0.1:18000  gRPC config stream, admin 127.0.0.1:18001
-#   redis-server    127.0.0.1:6379   the push servers' shared broker
+#   redis-server    127.0.0.1:6379   the push servers' shared broker and the
+#                                    limiter's buckets and counts
+#   limiter         127.0.0.1:18300  mesh-wide stream limits (gRPC), admin 127.0.0.1:18301
 #   push stable     127.0.0.1:18081  (gRPC 18091)
 #   push canary     127.0.0.1:18082  (gRPC 18092)
 #   Envoy           127.0.0.1:10000  with the filter (envoy-config/stack.yaml),
@@ -27,8 +29,10 @@
 #   STACK_TICKER             1 = run the ticker           [1]
 #   STACK_ENVOY_CONCURRENCY  Envoy workers                [2]
 #   STACK_DRAIN              push servers' drain on stop  [2s]
+#   STACK_LIMITER_LEASE      the limiter's lease          [15s]
 #   ports: STACK_ETCD_PORT STACK_ETCD_PEER_PORT STACK_CP_GRPC_PORT STACK_CP_ADMIN_PORT
-#          STACK_REDIS_PORT STACK_PUSH_STABLE_PORT STACK_PUSH_STABLE_GRPC_PORT
+#          STACK_REDIS_PORT STACK_LIMITER_PORT STACK_LIMITER_ADMIN_PORT
+#          STACK_PUSH_STABLE_PORT STACK_PUSH_STABLE_GRPC_PORT
 #          STACK_PUSH_CANARY_PORT STACK_PUSH_CANARY_GRPC_PORT STACK_ENVOY_PORT
 #          STACK_ENVOY_ADMIN_PORT
 set -euo pipefail
@@ -42,11 +46,14 @@ seed="${STACK_SEED:-examples/config}"
 ticker="${STACK_TICKER:-1}"
 concurrency="${STACK_ENVOY_CONCURRENCY:-2}"
 drain="${STACK_DRAIN:-2s}"
+lease="${STACK_LIMITER_LEASE:-15s}"
 STACK_ETCD_PORT="${STACK_ETCD_PORT:-2379}"
 STACK_ETCD_PEER_PORT="${STACK_ETCD_PEER_PORT:-2380}"
 STACK_CP_GRPC_PORT="${STACK_CP_GRPC_PORT:-18000}"
 STACK_CP_ADMIN_PORT="${STACK_CP_ADMIN_PORT:-18001}"
 STACK_REDIS_PORT="${STACK_REDIS_PORT:-6379}"
+STACK_LIMITER_PORT="${STACK_LIMITER_PORT:-18300}"
+STACK_LIMITER_ADMIN_PORT="${STACK_LIMITER_ADMIN_PORT:-18301}"
 STACK_PUSH_STABLE_PORT="${STACK_PUSH_STABLE_PORT:-18081}"
 STACK_PUSH_STABLE_GRPC_PORT="${STACK_PUSH_STABLE_GRPC_PORT:-18091}"
 STACK_PUSH_CANARY_PORT="${STACK_PUSH_CANARY_PORT:-18082}"
@@ -70,10 +77,13 @@ die() { printf 'run-stack: %s\n' "$*" >&2; exit 1; }
 case "$drain" in
   *[0-9] | *.) die "STACK_DRAIN='$drain' needs a unit: ${drain}ms, ${drain}s, ${drain}m" ;;
 esac
+case "$lease" in
+  *[0-9] | *.) die "STACK_LIMITER_LEASE='$lease' needs a unit: ${lease}ms, ${lease}s, ${lease}m" ;;
+esac
 for tool in etcd redis-server redis-cli envoy curl; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed; run scripts/install-deps.sh run"
 done
-for bin in sidestream-control-plane sidestream-push sidestreamctl; do
+for bin in sidestream-control-plane sidestream-push sidestream-limiter sidestreamctl; do
   [ -x "$bin_dir/$bin" ] || die "$bin_dir/$bin is missing; build it with 'cargo build --release --workspace --bins' (make run does)"
 done
 [ -f "$wasm" ] || die "the filter $wasm is missing; build it with 'make filter'"
@@ -103,6 +113,7 @@ reap_orphans() {
       etcd) expect="$run_dir/etcd" ;;
       redis) expect="redis-server" ;;
       control-plane) expect="$run_dir/control-plane" ;;
+      limiter) expect="sidestream-limiter" ;;
       push-*) expect="sidestream-push" ;;
       envoy) expect="$run_dir/envoy.yaml" ;;
       ticker) expect="publish.sh" ;;
@@ -125,6 +136,7 @@ reap_orphans
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for port in "$STACK_ETCD_PORT" "$STACK_ETCD_PEER_PORT" "$STACK_CP_GRPC_PORT" "$STACK_CP_ADMIN_PORT" "$STACK_REDIS_PORT" \
+  "$STACK_LIMITER_PORT" "$STACK_LIMITER_ADMIN_PORT" \
   "$STACK_PUSH_STABLE_PORT" "$STACK_PUSH_STABLE_GRPC_PORT" "$STACK_PUSH_CANARY_PORT" "$STACK_PUSH_CANARY_GRPC_PORT" \
   "$STACK_ENVOY_PORT" "$STACK_ENVOY_ADMIN_PORT"; do
   if port_busy "$port"; then
@@ -230,6 +242,15 @@ start redis redis-server --bind 127.0.0.1 --port "$STACK_REDIS_PORT" --dir "$run
   --save "" --appendonly no --daemonize no
 wait_until redis 10 redis-cli -p "$STACK_REDIS_PORT" ping
 
+# --- limiter ----------------------------------------------------------------
+# Mesh-wide stream limits (the seeded tenant policy is mesh-scoped): buckets
+# and leased counts in the same Redis.
+say "starting the limiter on 127.0.0.1:$STACK_LIMITER_PORT (admin $STACK_LIMITER_ADMIN_PORT)"
+start limiter "$bin_dir/sidestream-limiter" \
+  --listen "127.0.0.1:$STACK_LIMITER_PORT" --admin-listen "127.0.0.1:$STACK_LIMITER_ADMIN_PORT" \
+  --redis "redis://127.0.0.1:$STACK_REDIS_PORT" --lease "$lease"
+wait_until limiter 30 http_ok "http://127.0.0.1:$STACK_LIMITER_ADMIN_PORT/readyz"
+
 # --- control plane ----------------------------------------------------------
 say "starting the control plane on 127.0.0.1:$STACK_CP_GRPC_PORT (admin $STACK_CP_ADMIN_PORT)"
 start control-plane "$bin_dir/sidestream-control-plane" \
@@ -258,6 +279,7 @@ sed -E \
   -e "s#port_value: 10000\b#port_value: $STACK_ENVOY_PORT#" \
   -e "s#port_value: 9901\b#port_value: $STACK_ENVOY_ADMIN_PORT#" \
   -e "s#port_value: 18000\b#port_value: $STACK_CP_GRPC_PORT#" \
+  -e "s#port_value: 18300\b#port_value: $STACK_LIMITER_PORT#" \
   -e "s#port_value: 18081\b#port_value: $STACK_PUSH_STABLE_PORT#" \
   -e "s#port_value: 18082\b#port_value: $STACK_PUSH_CANARY_PORT#" \
   -e "s#port_value: 18091\b#port_value: $STACK_PUSH_STABLE_GRPC_PORT#" \
@@ -291,6 +313,7 @@ sidestream is running (logs and data in $run_dir):
   Envoy stats          $envoy_admin/stats?filter=wasmcustom.sidestream
                        $envoy_admin/stats/prometheus
   control-plane admin  $cp_admin/v1/snapshot   ($cp_admin/v1/clients, /v1/rejections, /metrics)
+  limiter admin        http://127.0.0.1:$STACK_LIMITER_ADMIN_PORT/metrics   (/readyz)
   push servers         stable http://127.0.0.1:$STACK_PUSH_STABLE_PORT/metrics
                        canary http://127.0.0.1:$STACK_PUSH_CANARY_PORT/metrics
 

@@ -19,6 +19,8 @@ pub struct StackPorts {
     pub control_plane_grpc: u16,
     pub control_plane_admin: u16,
     pub redis: u16,
+    pub limiter: u16,
+    pub limiter_admin: u16,
     pub push_stable: u16,
     pub push_stable_grpc: u16,
     pub push_canary: u16,
@@ -28,9 +30,9 @@ pub struct StackPorts {
 }
 
 impl StackPorts {
-    /// Eleven distinct free ports (see [`crate::free_port`]).
+    /// Thirteen distinct free ports (see [`crate::free_port`]).
     pub fn free() -> anyhow::Result<StackPorts> {
-        let ports: Vec<u16> = (0..11)
+        let ports: Vec<u16> = (0..13)
             .map(|_| crate::free_port())
             .collect::<Result<_, _>>()?;
         Ok(StackPorts {
@@ -45,16 +47,20 @@ impl StackPorts {
             push_canary_grpc: ports[8],
             envoy: ports[9],
             envoy_admin: ports[10],
+            limiter: ports[11],
+            limiter_admin: ports[12],
         })
     }
 
-    fn env(&self) -> [(&'static str, u16); 11] {
+    fn env(&self) -> [(&'static str, u16); 13] {
         [
             ("STACK_ETCD_PORT", self.etcd),
             ("STACK_ETCD_PEER_PORT", self.etcd_peer),
             ("STACK_CP_GRPC_PORT", self.control_plane_grpc),
             ("STACK_CP_ADMIN_PORT", self.control_plane_admin),
             ("STACK_REDIS_PORT", self.redis),
+            ("STACK_LIMITER_PORT", self.limiter),
+            ("STACK_LIMITER_ADMIN_PORT", self.limiter_admin),
             ("STACK_PUSH_STABLE_PORT", self.push_stable),
             ("STACK_PUSH_STABLE_GRPC_PORT", self.push_stable_grpc),
             ("STACK_PUSH_CANARY_PORT", self.push_canary),
@@ -108,6 +114,7 @@ impl Stack {
         for bin in [
             "sidestream-control-plane",
             "sidestream-push",
+            "sidestream-limiter",
             "sidestreamctl",
         ] {
             crate::binary(bin)?;
@@ -201,7 +208,7 @@ impl Stack {
         text
     }
 
-    /// One process's log (`etcd`, `control-plane`, `redis`, `push-stable`,
+    /// One process's log (`etcd`, `control-plane`, `redis`, `limiter`, `push-stable`,
     /// `push-canary`, `envoy`, `seed`, `ticker`).
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log")))

@@ -717,6 +717,25 @@ fn run_example(stack: &Stack, script: &str, args: &[&str], timeout_secs: u32) ->
         .env("ENVOY_ADMIN", stack.envoy_admin_url())
         .env("PUSH_STABLE_URL", stack.push_url("stable"))
         .env("PUSH_CANARY_URL", stack.push_url("canary"))
+        // examples/stream-limits/two-envoys.sh: the stack's ports, two more Envoys.
+        .env("LIMITER_PORT", stack.ports.limiter.to_string())
+        .env("PUSH_STABLE_PORT", stack.ports.push_stable.to_string())
+        .env("PUSH_CANARY_PORT", stack.ports.push_canary.to_string())
+        .env("WASM", sidestream_tests::filter_wasm().expect("the filter"))
+        .envs(
+            [
+                "ENVOY_A_PORT",
+                "ENVOY_A_ADMIN",
+                "ENVOY_B_PORT",
+                "ENVOY_B_ADMIN",
+            ]
+            .map(|name| {
+                (
+                    name,
+                    sidestream_tests::free_port().expect("port").to_string(),
+                )
+            }),
+        )
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run the example");
@@ -811,5 +830,27 @@ async fn the_examples_work_against_the_stack() {
     assert!(
         storm.matches("healthz/ready: 200").count() == 2,
         "push servers healthy:\n{storm}"
+    );
+
+    // stream-limits, two Envoys: the seeded tenant policy is mesh-scoped, so
+    // two more Envoys from envoy-config/mesh.yaml share its cap of 20 open
+    // streams through the stack's limiter (separately they would admit 30).
+    let pair = run_example(&stack, "examples/stream-limits/two-envoys.sh", &["15"], 60);
+    let together: usize = pair
+        .split("together: admitted ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'together' in:\n{pair}"));
+    assert_eq!(together, 20, "one cap for both Envoys:\n{pair}");
+    assert!(pair.contains("envoy a: admitted 15,"), "{pair}");
+    assert!(
+        pair.contains("ratelimit-limit: 20"),
+        "a concurrency refusal:\n{pair}"
+    );
+    assert_eq!(
+        pair.matches("fallbacks 0").count(),
+        2,
+        "the limiter decided:\n{pair}"
     );
 }
