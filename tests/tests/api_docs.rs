@@ -890,3 +890,102 @@ fn the_condensed_proto_is_the_push_proto() {
     );
     assert_eq!(proto_shape(&condensed.text), real);
 }
+
+// ---- the protocol's vocabulary ---------------------------------------------------
+
+/// The string literals in `source` (whitespace stripped) that follow `prefix`.
+fn literals_after(source: &str, prefix: &str) -> BTreeSet<String> {
+    let source: String = source.chars().filter(|c| !c.is_whitespace()).collect();
+    source
+        .match_indices(prefix)
+        .filter_map(|(i, _)| {
+            let rest = &source[i + prefix.len()..];
+            rest.find('"').map(|end| rest[..end].to_owned())
+        })
+        .collect()
+}
+
+fn push_source(path: &str) -> String {
+    std::fs::read_to_string(workspace_root().join("push-server/src").join(path)).unwrap()
+}
+
+#[test]
+fn every_event_frame_close_code_and_metadata_the_server_sends_is_documented() {
+    let page = std::fs::read_to_string(doc_path()).unwrap();
+    let mut missing = Vec::new();
+    let mut want = |what: &str, text: String| {
+        if !page.contains(&text) {
+            missing.push(format!("{what} {text}"));
+        }
+    };
+    // SSE control events.
+    let events = literals_after(&push_source("http/sse.rs"), "\"sidestream.");
+    let events: Vec<&String> = events.iter().filter(|e| !e.is_empty()).collect();
+    assert!(events.len() >= 3, "{events:?}");
+    for event in events {
+        want("SSE event", format!("`sidestream.{event}`"));
+    }
+    // WebSocket frames, both ways.
+    let mut types = literals_after(&push_source("http/ws.rs"), "\"type\":\"");
+    types.extend(literals_after(&push_source("message.rs"), "\"type\":\""));
+    assert!(
+        types.contains("message") && types.contains("drain"),
+        "{types:?}"
+    );
+    let ws = push_source("http/ws.rs");
+    let client = ws
+        .split("enum ClientFrame {")
+        .nth(1)
+        .and_then(|rest| rest.split("\n}").next())
+        .expect("the ClientFrame enum");
+    for line in client.lines() {
+        let line = line.trim_start();
+        let name: String = line
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        if line.len() == line.trim_start().len()
+            && name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && line[name.len()..].trim_start().starts_with(['{', ','])
+        {
+            let mut camel = name.clone();
+            camel[..1].make_ascii_lowercase();
+            types.insert(camel);
+        }
+    }
+    assert!(
+        types.contains("subscribe") && types.contains("unsubscribe"),
+        "{types:?}"
+    );
+    for frame in types {
+        want("WebSocket frame", format!("{{\"type\":\"{frame}\""));
+    }
+    // Close codes.
+    let source: String = ws.chars().filter(|c| !c.is_whitespace()).collect();
+    for (i, _) in source.match_indices(":u16=") {
+        let code: String = source[i + 5..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        want("WebSocket close code", format!("**{code}**"));
+    }
+    // gRPC metadata.
+    for file in ["error.rs", "grpc.rs"] {
+        for name in literals_after(&push_source(file), "_METADATA:&str=\"") {
+            want("gRPC metadata", format!("`{name}`"));
+        }
+    }
+    // Reset reasons.
+    let broker = push_source("broker.rs");
+    let reasons = broker
+        .split("impl ResetReason")
+        .nth(1)
+        .expect("ResetReason::as_str");
+    for reason in literals_after(reasons.split("\n}").next().unwrap_or(""), "=>\"") {
+        want("reset reason", format!("`{reason}`"));
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/api.md does not mention: {missing:#?}"
+    );
+}
