@@ -434,6 +434,36 @@ fn snapshot_round_trip_is_canonical() {
     );
 }
 
+/// Found by the `etcd_value` fuzz target: a number written with more digits
+/// than an f64 holds, read by serde_json's fast float parser, came back from
+/// the snapshot JSON one unit in the last place off, so the data planes got a
+/// value the control plane never validated.
+#[test]
+fn numbers_survive_the_snapshot_json_exactly() {
+    let spec = br#"{"sampleRatio":0.11844674407370955166165}"#;
+    let item = parse_spec(Kind::Trace, TRACE_NAME, spec).unwrap();
+    let snapshot = Snapshot::from_items([item]);
+    assert_eq!(snapshot.trace.sample_ratio, 0.11844674407370955166165_f64);
+    assert_eq!(Snapshot::from_json(&snapshot.to_json()).unwrap(), snapshot);
+    for text in [
+        "0.1",
+        "1e-300",
+        "0.30000000000000004",
+        "2.2250738585072011e-308",
+    ] {
+        let value: f64 = text.parse().unwrap();
+        let parsed: f64 = serde_json::from_str(text).unwrap();
+        assert_eq!(parsed.to_bits(), value.to_bits(), "{text}");
+        let written = serde_json::to_string(&value).unwrap();
+        let again: f64 = serde_json::from_str(&written).unwrap();
+        assert_eq!(
+            again.to_bits(),
+            value.to_bits(),
+            "{text} written as {written}"
+        );
+    }
+}
+
 #[test]
 fn snapshot_reports_every_bad_object() {
     let json = json!({
