@@ -14,6 +14,7 @@ pub mod process;
 pub mod push;
 pub mod redis;
 pub mod stack;
+pub mod tls;
 pub mod trace_context;
 pub mod upstream;
 

@@ -80,6 +80,9 @@ impl RedisCluster {
         let mut ports = Vec::new();
         for _ in 0..3 {
             let port = free_port()?;
+            // The cluster bus, by default port + 10000, gets a free port of
+            // its own (the default may land in the ephemeral range).
+            let bus_port = free_port()?;
             let node_dir = dir.join(format!("redis-cluster-{port}"));
             std::fs::create_dir_all(&node_dir)?;
             let mut command = Command::new("redis-server");
@@ -95,6 +98,7 @@ impl RedisCluster {
                 ])
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-port", &bus_port.to_string()])
                 .args(["--cluster-node-timeout", "2000"])
                 .arg("--dir")
                 .arg(&node_dir);

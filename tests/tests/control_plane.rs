@@ -13,6 +13,7 @@ use sidestream_control_plane::etcd::EtcdSettings;
 use sidestream_proto::config::v1::config_discovery_client::ConfigDiscoveryClient;
 use sidestream_proto::config::v1::{ConfigRequest, ConfigResponse, ErrorDetail, Node};
 use sidestream_tests::etcd::Etcd;
+use sidestream_tests::tls::make_certificates;
 use sidestream_tests::{assert_eventually, binary, free_port, run_dir, workspace_root, Proc};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -1131,86 +1132,6 @@ async fn with_etcd_auth_expired_and_lost_tokens_are_replaced() {
     // Without credentials nothing is read.
     let out = sidestreamctl(&etcd.endpoint(), "", &["get"]).unwrap();
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-}
-
-/// Runs openssl with `args` in `dir`.
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
-fn make_certificates(dir: &Path) -> anyhow::Result<()> {
-    let key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let subject = [
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=sidestream-test-ca",
-    ];
-    openssl(dir, &[&["req", "-x509"][..], &key, &subject].concat())?;
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )?;
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
-    for name in ["server", "client"] {
-        let (key_file, csr, pem, ext, cn) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-            format!("/CN={name}"),
-        );
-        openssl(
-            dir,
-            &[
-                &["req"][..],
-                &key,
-                &["-keyout", &key_file, "-out", &csr, "-subj", &cn],
-            ]
-            .concat(),
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ],
-        )?;
-    }
-    Ok(())
 }
 
 async fn tls_stream(

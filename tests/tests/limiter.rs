@@ -488,3 +488,107 @@ async fn burst_and_cap_on_a_redis_cluster() {
         assert_eq!(answer.active, 0, "{key}: {answer:?}");
     }
 }
+
+/// An Acquire over TLS, with or without a client certificate.
+async fn tls_acquire(
+    port: u16,
+    dir: &std::path::Path,
+    with_client_cert: bool,
+) -> anyhow::Result<pb::AcquireResponse> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |name: &str| std::fs::read(dir.join(name));
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
+        .domain_name("localhost");
+    if with_client_cert {
+        tls = tls.identity(Identity::from_pem(read("client.pem")?, read("client.key")?));
+    }
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{port}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let mut client = StreamLimiterClient::new(channel);
+    Ok(client
+        .acquire(acquire_request("vm", "h:acme", burst_only(5, 0)))
+        .await?
+        .into_inner())
+}
+
+/// gRPC over TLS: a client with a certificate signed by --client-ca is
+/// served, one without is not.
+#[tokio::test]
+async fn grpc_over_tls_requires_a_client_certificate_signed_by_the_client_ca() {
+    let dir = run_dir("limiter-tls").expect("dir");
+    sidestream_tests::tls::make_certificates(&dir).expect("certificates");
+    let redis = Redis::start(&dir).await.expect("redis");
+    let file = |name: &str| dir.join(name).display().to_string();
+    let limiter = Limiter::start(
+        "limiter",
+        &dir,
+        &redis.url(),
+        &[
+            "--tls-cert",
+            &file("server.pem"),
+            "--tls-key",
+            &file("server.key"),
+            "--client-ca",
+            &file("ca.pem"),
+        ],
+    )
+    .await
+    .expect("limiter");
+    limiter.wait_ready().await.expect("ready");
+    let answer = tls_acquire(limiter.grpc_port, &dir, true)
+        .await
+        .expect("with a client certificate");
+    assert_eq!(
+        (answer.verdict(), answer.remaining),
+        (pb::Verdict::Admitted, 4)
+    );
+    let refused = tls_acquire(limiter.grpc_port, &dir, false).await;
+    assert!(
+        refused.is_err(),
+        "served without a client certificate: {refused:?}"
+    );
+}
+
+/// Bad flags and bad flag values exit with 64 and say what is wrong.
+#[tokio::test]
+async fn bad_flags_exit_64_naming_the_flag() {
+    let binary = sidestream_tests::binary("sidestream-limiter").expect("binary");
+    for (args, message) in [
+        (vec!["--no-such-flag"], "--no-such-flag"),
+        (vec!["--lease", "15"], "'15' needs a unit"),
+        (
+            vec!["--lease", "50ms"],
+            "--lease: 50ms is outside 500ms..=1h",
+        ),
+        (
+            vec!["--redis", "http://127.0.0.1:6379"],
+            "--redis: 'http://127.0.0.1:6379' is not a Redis URL",
+        ),
+        (
+            vec!["--redis", "redis://127.0.0.1:1,redis://127.0.0.1:2"],
+            "add --redis-cluster",
+        ),
+        (vec!["--redis-prefix", "x{y}"], "--redis-prefix"),
+        (
+            vec![
+                "--tls-cert",
+                "/nonexistent.pem",
+                "--tls-key",
+                "/nonexistent.key",
+            ],
+            "TLS: cannot read /nonexistent.pem",
+        ),
+    ] {
+        let output = std::process::Command::new(&binary)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
