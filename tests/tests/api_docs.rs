@@ -820,7 +820,7 @@ fn the_documented_429_is_what_the_filter_answers_for_that_policy() {
 
 // ---- the proto ----------------------------------------------------------------
 
-/// `rpc` lines and `Message.field type = n` of a proto text.
+/// `rpc` lines, message names and `Message: type field = n` of a proto text.
 fn proto_shape(text: &str) -> BTreeSet<String> {
     let mut shape = BTreeSet::new();
     let mut message: Vec<String> = Vec::new();
@@ -845,6 +845,7 @@ fn proto_shape(text: &str) -> BTreeSet<String> {
         match token {
             "{" => {
                 if statement.first().map(String::as_str) == Some("message") {
+                    shape.insert(format!("message {}", statement[1]));
                     message.push(statement[1].clone());
                 } else {
                     message.push(String::new());
