@@ -140,6 +140,7 @@ impl Telemetry {
             .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
         let logs = match format {
             LogFormat::Text => tracing_subscriber::fmt::layer()
+                .fmt_fields(LogFields)
                 .with_writer(std::io::stderr)
                 .with_filter(filter)
                 .boxed(),
@@ -167,6 +168,9 @@ impl Telemetry {
             .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
         if let Export::Otlp(endpoint) = &export {
             EXPORTING.store(true, Ordering::Relaxed);
+            let service = resource(service)
+                .get(&opentelemetry::Key::from_static_str("service.name"))
+                .map(|name| name.as_str().into_owned());
             tracing::info!(
                 service,
                 endpoint = endpoint.as_deref().unwrap_or("from OTEL_EXPORTER_OTLP_*"),
@@ -201,6 +205,47 @@ impl Telemetry {
 impl Drop for Telemetry {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Fields as the default text format writes them (the message bare, the rest
+/// `name=value`), less the `otel.*` fields that only steer export.
+#[derive(Debug, Default)]
+struct LogFields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for LogFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = LogFieldVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct LogFieldVisitor<'writer> {
+    writer: tracing_subscriber::fmt::format::Writer<'writer>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for LogFieldVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_err() || field.name().starts_with("otel.") {
+            return;
+        }
+        let space = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = match field.name() {
+            "message" => write!(self.writer, "{space}{value:?}"),
+            name => write!(self.writer, "{space}{name}={value:?}"),
+        };
     }
 }
 

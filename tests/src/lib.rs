@@ -10,6 +10,7 @@ pub mod browser;
 pub mod envoy;
 pub mod etcd;
 pub mod limiter;
+pub mod otlp;
 pub mod process;
 pub mod push;
 pub mod redis;
