@@ -134,19 +134,32 @@ pub struct RunningDaemon {
     pub admin_addr: SocketAddr,
     /// The Redis side (tests call it directly).
     pub store: Arc<Store>,
+    /// The gRPC server first, then the admin server and the health loop.
     tasks: Vec<JoinHandle<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl RunningDaemon {
     /// Waits until a server task ends (they run forever unless they fail).
-    pub async fn wait(mut self) {
+    pub async fn wait(&mut self) {
         if self.tasks.is_empty() {
             return;
         }
-        let (_, _, rest) = futures::future::select_all(self.tasks.drain(..)).await;
-        for task in rest {
-            task.abort();
+        let _ = futures::future::select_all(self.tasks.iter_mut()).await;
+        self.stop();
+    }
+
+    /// Stops taking gRPC connections, lets the calls in flight finish (at
+    /// most `grace`), then stops everything.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        if !self.tasks.is_empty() {
+            let grpc = self.tasks.remove(0);
+            if tokio::time::timeout(grace, grpc).await.is_err() {
+                tracing::warn!(?grace, "Calls still in flight after the grace period");
+            }
         }
+        self.stop();
     }
 
     /// Stops every task.
@@ -240,10 +253,14 @@ pub async fn start(args: DaemonArgs) -> Result<RunningDaemon, StartError> {
         redis_up: Arc::new(AtomicBool::new(false)),
         metrics,
     };
+    let (shutdown, mut shutdown_requested) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown_requested.wait_for(|stop| *stop).await;
+        };
         if let Err(error) = grpc
-            .serve_with_incoming(TcpListenerStream::new(grpc_listener))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop)
             .await
         {
             tracing::error!(%error, "gRPC server stopped");
@@ -265,6 +282,7 @@ pub async fn start(args: DaemonArgs) -> Result<RunningDaemon, StartError> {
         admin_addr,
         store,
         tasks,
+        shutdown,
     })
 }
 

@@ -1,6 +1,7 @@
 //! sidestream-limiter: see the library's `daemon` module.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use sidestream_limiter::daemon::{start, DaemonArgs};
@@ -9,6 +10,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// Exit code for bad flags or configuration (sysexits' EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+/// How long calls in flight may take after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 // The daemon's flags and the tracing flags every daemon shares; the help
 // text is the daemon's own.
@@ -56,16 +59,19 @@ async fn run(args: DaemonArgs) -> ExitCode {
         }
     };
     match start(args).await {
-        Ok(daemon) => {
-            // Stateless: in-flight calls are retried or fall back in the filter.
+        Ok(mut daemon) => {
             tokio::select! {
                 () = daemon.wait() => {
                     tracing::error!("A server task stopped; exiting");
-                    ExitCode::FAILURE
+                    return ExitCode::FAILURE;
                 }
-                _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
-                _ = terminate.recv() => ExitCode::SUCCESS,
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
             }
+            // Stateless: only the calls in flight are worth waiting for.
+            tracing::info!("Stopping: finishing the calls in flight");
+            daemon.shutdown(SHUTDOWN_GRACE).await;
+            ExitCode::SUCCESS
         }
         Err(error) => {
             tracing::error!(%error, "Cannot start");

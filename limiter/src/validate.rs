@@ -14,8 +14,10 @@ use sidestream_proto::limits::v1 as pb;
 pub const MAX_POLICY_LEN: usize = 128;
 /// Longest limit key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
-/// Longest instance id, in bytes.
-pub const MAX_INSTANCE_LEN: usize = 256;
+/// Longest instance id, in bytes. Istio's Envoy node ids alone
+/// (`sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`) can come
+/// near 256, and the filter adds its node id, VM number and boot nonce.
+pub const MAX_INSTANCE_LEN: usize = 512;
 /// Longest policy version (logs only), in bytes.
 pub const MAX_POLICY_VERSION_LEN: usize = 256;
 /// Highest refill rate, in thousandths of a stream per second.

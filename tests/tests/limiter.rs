@@ -592,3 +592,27 @@ async fn bad_flags_exit_64_naming_the_flag() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }
+
+/// SIGTERM: the limiter stops taking calls and exits 0.
+#[tokio::test]
+async fn sigterm_exits_cleanly() {
+    let dir = run_dir("limiter-sigterm").expect("dir");
+    let redis = Redis::start(&dir).await.expect("redis");
+    let mut limiter = Limiter::start("limiter", &dir, &redis.url(), &[])
+        .await
+        .expect("limiter");
+    limiter.wait_ready().await.expect("ready");
+    let mut client = client(&limiter).await;
+    let answer = acquire(&mut client, "vm", "h:acme", burst_only(1, 0)).await;
+    assert_eq!(answer.verdict(), pb::Verdict::Admitted);
+    limiter.proc.signal(15).expect("SIGTERM");
+    let status = limiter
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit");
+    assert!(status.success(), "{status:?}\n{}", limiter.proc.log());
+    assert!(limiter
+        .proc
+        .log()
+        .contains("Stopping: finishing the calls in flight"));
+}

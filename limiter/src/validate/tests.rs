@@ -64,9 +64,9 @@ fn bad_acquires_name_the_field_and_the_value() {
     let cases: &[(Edit, &str, &str)] = &[
         (|r| r.instance.clear(), "instance", "must not be empty"),
         (
-            |r| r.instance = "x".repeat(257),
+            |r| r.instance = "x".repeat(513),
             "instance",
-            "257 bytes, more than 256",
+            "513 bytes, more than 512",
         ),
         (|r| r.policy.clear(), "policy", "must not be empty"),
         (
