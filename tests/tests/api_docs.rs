@@ -970,7 +970,7 @@ fn every_event_frame_close_code_and_metadata_the_server_sends_is_documented() {
             .collect();
         want("WebSocket close code", format!("**{code}**"));
     }
-    // gRPC metadata.
+    // gRPC metadata, sent and read.
     for file in ["error.rs", "grpc.rs"] {
         for name in literals_after(&push_source(file), "_METADATA:&str=\"") {
             want("gRPC metadata", format!("`{name}`"));
@@ -984,6 +984,22 @@ fn every_event_frame_close_code_and_metadata_the_server_sends_is_documented() {
         .expect("ResetReason::as_str");
     for reason in literals_after(reasons.split("\n}").next().unwrap_or(""), "=>\"") {
         want("reset reason", format!("`{reason}`"));
+    }
+    let grpc = push_source("grpc.rs");
+    let mut read = literals_after(&grpc, "metadata(request,\"");
+    read.extend(literals_after(&grpc, "metadata().get(\""));
+    assert!(read.contains("authorization"), "{read:?}");
+    let grpc_section = page
+        .split("\n## gRPC")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a gRPC section");
+    for name in read {
+        if !grpc_section.contains(&format!("`{name}")) {
+            missing.push(format!(
+                "gRPC metadata read: `{name}` (in the gRPC section)"
+            ));
+        }
     }
     assert!(
         missing.is_empty(),
