@@ -82,7 +82,7 @@ pub fn exporting() -> bool {
 /// Telemetry that cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("OTLP endpoint '{endpoint}' is not an http:// or https:// URL")]
+    #[error("OTLP endpoint '{endpoint}' must be an http:// URL (OTLP over plaintext gRPC, e.g. http://127.0.0.1:4317)")]
     Endpoint { endpoint: String },
     #[error("OTLP exporter for '{endpoint}': {reason}")]
     Exporter { endpoint: String, reason: String },
@@ -255,7 +255,7 @@ fn provider(
 ) -> Result<SdkTracerProvider, TelemetryError> {
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
     if let Some(endpoint) = endpoint {
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        if !endpoint.starts_with("http://") {
             return Err(TelemetryError::Endpoint {
                 endpoint: endpoint.to_owned(),
             });

@@ -55,11 +55,13 @@ fn export_is_off_unless_an_endpoint_is_named() {
 
 #[test]
 fn a_bad_endpoint_flag_is_named() {
-    let error = provider("sidestream-test", Some("127.0.0.1:4317")).unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "OTLP endpoint '127.0.0.1:4317' is not an http:// or https:// URL"
-    );
+    for endpoint in ["127.0.0.1:4317", "https://collector:4317"] {
+        let error = provider("sidestream-test", Some(endpoint)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("OTLP endpoint '{endpoint}' must be an http:// URL (OTLP over plaintext gRPC, e.g. http://127.0.0.1:4317)")
+        );
+    }
 }
 
 /// A subscriber exporting to memory, as `Telemetry::init` would to OTLP.

@@ -458,3 +458,27 @@ async fn a_config_change_is_one_trace_from_etcd_to_the_data_planes_ack() {
     assert_eq!(validate.attribute("rejections"), Some("0"));
     assert!(validate.end_unix_nanos <= trace.end_unix_nanos);
 }
+
+#[test]
+fn a_bad_otlp_endpoint_is_refused_with_exit_64_by_every_daemon() {
+    for daemon in [
+        "sidestream-push",
+        "sidestream-control-plane",
+        "sidestream-limiter",
+    ] {
+        let mut command = Command::new(binary(daemon).unwrap());
+        for variable in OTEL_VARIABLES {
+            command.env_remove(variable);
+        }
+        let output = command
+            .args(["--otlp-endpoint", "collector:4317"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{daemon}: {stderr}");
+        assert!(
+            stderr.contains("OTLP endpoint 'collector:4317' must be an http:// URL"),
+            "{daemon}: {stderr}"
+        );
+    }
+}
