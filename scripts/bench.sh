@@ -24,7 +24,8 @@
 #   FILTER_VARIANTS ["none empty-wasm sidestream lua"]
 #   PROPAGATION_UPDATES [250]
 #   PUSH_SERVERS ["sidestream nchan pushpin"]
-#   PUSH_PARTS ["memory latency saturation"]  which push measurements to run
+#   PUSH_PARTS ["memory latency saturation otlp"]  which push measurements to run
+#                               (otlp: the fan-out with span export off, then on, sidestream only)
 #   PUSH_IDLE [18000]           idle SSE connections held
 #   PUSH_SUBSCRIBERS [10000]    fan-out subscribers
 #   PUSH_STEPS ["1:10,2:10,5:10,10:10,20:10,40:10,80:10,160:10,240:10"]  saturation ladder (publish/s:seconds)
@@ -33,6 +34,7 @@
 #   PUSH_CLIENT_THREADS [2]     load-client runtime threads
 #   PUSH_CONNECT_CONCURRENCY [256]  subscriber connection attempts in flight
 #   PUSH_PAYLOAD_BYTES [128]    message data size
+#   PUSH_OTLP_SUBSCRIBERS [2000] PUSH_OTLP_STEPS ["10:10"]  the tracing-overhead fan-out
 #   PUSHPIN_MESSAGE_RATE [1000000] PUSHPIN_MESSAGE_HWM [1000000]
 set -euo pipefail
 shopt -u patsub_replacement 2>/dev/null || true
@@ -76,6 +78,7 @@ P_NCHAN=$((B + 180))
 P_PUSHPIN=$((B + 280)) P_PUSHPIN_PUBLISH=$((B + 281)) P_GRIP_ORIGIN=$((B + 282))
 P_PUSHPIN_PUSH_IN=$((B + 283)) P_PUSHPIN_PUSH_IN_SUB=$((B + 284)) P_PUSHPIN_COMMAND=$((B + 285))
 P_CP_GRPC=$((B + 300)) P_CP_ADMIN=$((B + 301))
+P_OTLP=$((B + 95))
 P_ETCD=$((B + 379)) P_ETCD_PEER=$((B + 380))
 
 if [ "$smoke" = 1 ]; then
@@ -85,6 +88,7 @@ if [ "$smoke" = 1 ]; then
   PUSH_IDLE=${PUSH_IDLE:-300} PUSH_SUBSCRIBERS=${PUSH_SUBSCRIBERS:-200}
   PUSH_STEPS=${PUSH_STEPS:-2:2,5:2} PUSH_SWEEP=${PUSH_SWEEP:-100 200}
   PUSH_SWEEP_SECONDS=${PUSH_SWEEP_SECONDS:-2}
+  PUSH_OTLP_SUBSCRIBERS=${PUSH_OTLP_SUBSCRIBERS:-100} PUSH_OTLP_STEPS=${PUSH_OTLP_STEPS:-5:2}
 fi
 FILTER_SECONDS=${FILTER_SECONDS:-30}
 FILTER_ROUNDS=${FILTER_ROUNDS:-3}
@@ -93,7 +97,7 @@ FILTER_RATE=${FILTER_RATE:-3000}
 FILTER_VARIANTS=${FILTER_VARIANTS:-none empty-wasm sidestream lua}
 PROPAGATION_UPDATES=${PROPAGATION_UPDATES:-250}
 PUSH_SERVERS=${PUSH_SERVERS:-sidestream nchan pushpin}
-PUSH_PARTS=${PUSH_PARTS:-memory latency saturation}
+PUSH_PARTS=${PUSH_PARTS:-memory latency saturation otlp}
 PUSH_IDLE=${PUSH_IDLE:-18000}
 PUSH_SUBSCRIBERS=${PUSH_SUBSCRIBERS:-10000}
 PUSH_STEPS=${PUSH_STEPS:-1:10,2:10,5:10,10:10,20:10,40:10,80:10,160:10,240:10}
@@ -103,6 +107,8 @@ PUSH_SWEEP_SECONDS=${PUSH_SWEEP_SECONDS:-15}
 PUSH_CLIENT_THREADS=${PUSH_CLIENT_THREADS:-2}
 PUSH_CONNECT_CONCURRENCY=${PUSH_CONNECT_CONCURRENCY:-256}
 PUSH_PAYLOAD_BYTES=${PUSH_PAYLOAD_BYTES:-128}
+PUSH_OTLP_SUBSCRIBERS=${PUSH_OTLP_SUBSCRIBERS:-2000}
+PUSH_OTLP_STEPS=${PUSH_OTLP_STEPS:-10:10}
 PUSHPIN_MESSAGE_RATE=${PUSHPIN_MESSAGE_RATE:-1000000}
 PUSHPIN_MESSAGE_HWM=${PUSHPIN_MESSAGE_HWM:-1000000}
 
@@ -417,10 +423,12 @@ bench_propagation() {
 }
 
 # -------------------------------------------------------------------- push
-# start_push_server <server> : starts it and sets SERVER_PID (the server's
-# root process ids, space separated; their descendants count too).
+# start_push_server <server> [flag...] : starts it (sidestream-push with the
+# flags added) and sets SERVER_PID (the server's root process ids, space
+# separated; their descendants count too).
 start_push_server() {
   local s=$1
+  shift
   case "$s" in
     sidestream) ports_free "$P_PUSH" "$P_PUSH_GRPC" ;;
     nchan) ports_free "$P_NCHAN" ;;
@@ -429,7 +437,7 @@ start_push_server() {
   case "$s" in
     sidestream)
       [ -x "$SERVER_BIN/sidestream-push" ] || die "missing $SERVER_BIN/sidestream-push"
-      start push-sidestream "$SERVER_BIN/sidestream-push" --listen "127.0.0.1:$P_PUSH" --grpc-listen "127.0.0.1:$P_PUSH_GRPC"
+      start push-sidestream "$SERVER_BIN/sidestream-push" --listen "127.0.0.1:$P_PUSH" --grpc-listen "127.0.0.1:$P_PUSH_GRPC" "$@"
       wait_http push-sidestream "http://127.0.0.1:$P_PUSH/healthz/ready"
       SERVER_PID=${PIDS[push-sidestream]} ;;
     nchan)
@@ -492,9 +500,39 @@ fanout() { # server label subscribers steps sources
     --out "$RESULTS/fanout-$label.json" >/dev/null
 }
 
+# Tracing overhead: the same fan-out against sidestream-push with span export
+# off, then on (OTLP/gRPC to a sink that counts spans); the report compares the
+# server's CPU per delivery.
+bench_otlp() {
+  [ -x "$SERVER_BIN/sidestream-push" ] || die "missing $SERVER_BIN/sidestream-push"
+  rm -f "$RESULTS"/fanout-otlp-*.json "$RESULTS/otlp-sink.json"
+  ports_free "$P_OTLP"
+  local export
+  for export in off on; do
+    log "push: sidestream: tracing overhead, export $export, $PUSH_OTLP_SUBSCRIBERS subscribers, steps $PUSH_OTLP_STEPS"
+    if [ "$export" = on ]; then
+      start otlp-sink "$BENCH" --threads 1 otlp-sink --listen "127.0.0.1:$P_OTLP" --out "$RESULTS/otlp-sink.json"
+      start_push_server sidestream --otlp-endpoint "http://127.0.0.1:$P_OTLP"
+    else
+      start_push_server sidestream
+    fi
+    fanout sidestream "otlp-$export" "$PUSH_OTLP_SUBSCRIBERS" "$PUSH_OTLP_STEPS" 127.0.0.50-127.0.0.53
+    alive push-sidestream
+    # Stopping the server flushes its last spans; then the sink writes its count.
+    stop_push_server sidestream
+    stop otlp-sink
+    sleep 2
+  done
+  [ -f "$RESULTS/otlp-sink.json" ] || die "the OTLP sink wrote no count; log: $RUN/otlp-sink.log"
+  log "push: tracing overhead: the sink received $(cat "$RESULTS/otlp-sink.json")"
+}
+
 bench_push() {
   local s
   local parts=" $PUSH_PARTS "
+  if [[ "$parts" == *" otlp "* && " $PUSH_SERVERS " == *" sidestream "* ]]; then
+    bench_otlp
+  fi
   for s in $PUSH_SERVERS; do
     if [[ "$parts" == *" memory "* ]]; then
       rm -f "$RESULTS/memory-$s.json"

@@ -5,7 +5,8 @@
 //! `conditions.json`, `filter-<variant>-wrk.txt`, `filter-<variant>-cpu.txt`,
 //! `filter-<variant>-latency.json`, `propagation.json`,
 //! `memory-<server>.json`, `fanout-<server>-saturation.json`,
-//! `fanout-<server>-subs-<n>.json`.
+//! `fanout-<server>-subs-<n>.json`, `fanout-otlp-off.json`,
+//! `fanout-otlp-on.json`, `otlp-sink.json`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -71,6 +72,10 @@ pub struct Results {
     pub sweep: BTreeMap<String, BTreeMap<u64, Value>>,
     /// "received message out of sequence" lines in Pushpin's logs.
     pub pushpin_out_of_sequence: Option<u64>,
+    /// The tracing-overhead fan-out: span export "off" and "on".
+    pub otlp: BTreeMap<String, Value>,
+    /// What the OTLP sink received in the export-on run.
+    pub otlp_sink: Option<Value>,
 }
 
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
@@ -109,6 +114,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ),
         ("{{FANOUT_SATURATION_TABLE}}", saturation_table(&results)),
         ("{{FANOUT_LATENCY_TABLE}}", sweep_table(&results)),
+        ("{{OTLP_OVERHEAD_TABLE}}", otlp_table(&results)),
         (
             "{{FANOUT_PLOTS}}",
             figure("push-throughput.svg", "fan-out throughput")
@@ -174,6 +180,12 @@ pub fn load(dir: &Path) -> anyhow::Result<Results> {
         }
     }
     r.probe = read_json("filter-probe.json");
+    for export in ["off", "on"] {
+        if let Some(j) = read_json(&format!("fanout-otlp-{export}.json")) {
+            r.otlp.insert(export.to_owned(), j);
+        }
+    }
+    r.otlp_sink = read_json("otlp-sink.json");
     r.propagation = read_json("propagation.json");
     r.pushpin_out_of_sequence = std::fs::read_to_string(dir.join("pushpin-out-of-sequence.txt"))
         .ok()
@@ -615,6 +627,66 @@ fn sweep_table(r: &Results) -> String {
     s
 }
 
+/// Fan-out with span export off and on: the server's CPU per delivery side
+/// by side, and their ratio.
+fn otlp_table(r: &Results) -> String {
+    if r.otlp.is_empty() {
+        return missing("Tracing-overhead benchmark");
+    }
+    let mut s = String::from(
+        "| span export | subscribers | publish/s | delivered/s | loss | p50 (ms) | p99 (ms) | server CPU per delivery (µs) | client CPU per delivery (µs) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut per_delivery = BTreeMap::new();
+    for (export, label) in [("off", "off"), ("on", "on (OTLP/gRPC to a sink)")] {
+        let Some(m) = r.otlp.get(export) else {
+            continue;
+        };
+        let Some(st) = first_step(m) else {
+            continue;
+        };
+        let cpu = |field: &str| {
+            num(st, &[field])
+                .map(|us| format!("{us:.2}"))
+                .unwrap_or("–".into())
+        };
+        if let Some(us) = num(st, &["server_cpu_us_per_delivery"]) {
+            per_delivery.insert(export, us);
+        }
+        let _ = writeln!(
+            s,
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.2}% | {:.1} | {:.1} | {} | {} |",
+            num(m, &["connected"]).unwrap_or(0.0),
+            num(st, &["publish_rate"]).unwrap_or(0.0),
+            num(st, &["delivered_per_s"]).unwrap_or(0.0),
+            100.0 * num(st, &["loss_ratio"]).unwrap_or(0.0),
+            num(st, &["latency", "p50_ms"]).unwrap_or(0.0),
+            num(st, &["latency", "p99_ms"]).unwrap_or(0.0),
+            cpu("server_cpu_us_per_delivery"),
+            cpu("client_cpu_us_per_delivery"),
+        );
+    }
+    if let (Some(off), Some(on)) = (per_delivery.get("off"), per_delivery.get("on")) {
+        if *off > 0.0 {
+            let _ = writeln!(
+                s,
+                "\nServer CPU per delivery, export on / off: **{:.3}** ({:+.1}%).",
+                on / off,
+                100.0 * (on / off - 1.0)
+            );
+        }
+    }
+    if let Some(sink) = &r.otlp_sink {
+        let _ = writeln!(
+            s,
+            "The sink received {:.0} spans in {:.0} export requests during the export-on run.",
+            num(sink, &["spans"]).unwrap_or(0.0),
+            num(sink, &["requests"]).unwrap_or(0.0),
+        );
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,6 +709,37 @@ mod tests {
             Some((97.0, 64.2))
         );
         assert_eq!(parse_cores("garbage"), None);
+    }
+
+    #[test]
+    fn otlp_overhead_is_export_on_against_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        assert!(otlp_table(&load(dir.path()).unwrap()).contains("not measured"));
+        let step = |cpu: f64| {
+            format!(
+                r#"{{"connected": 2000, "steps": [{{"publish_rate": 10, "delivered_per_s": 20000,
+                   "loss_ratio": 0, "latency": {{"p50_ms": 20.5, "p99_ms": 41.0, "max_ms": 50.0}},
+                   "server_cpu_us_per_delivery": {cpu}, "client_cpu_us_per_delivery": 4.0}}]}}"#
+            )
+        };
+        w("fanout-otlp-off.json", &step(8.0));
+        w("fanout-otlp-on.json", &step(8.4));
+        w("otlp-sink.json", r#"{"requests": 7, "spans": 2200}"#);
+        let table = otlp_table(&load(dir.path()).unwrap());
+        assert!(
+            table.contains("| off | 2000 | 10 | 20000 | 0.00% | 20.5 | 41.0 | 8.00 | 4.00 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| on (OTLP/gRPC to a sink) | 2000 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("export on / off: **1.050** (+5.0%)"),
+            "{table}"
+        );
+        assert!(table.contains("2200 spans in 7 export requests"), "{table}");
     }
 
     #[test]
