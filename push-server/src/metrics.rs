@@ -108,6 +108,20 @@ pub const WRITE_DEADLINE_DISCONNECTS: (&str, &str) = (
     "sidestream_push_write_deadline_disconnects",
     "Subscribers cut because their connection did not take a write within the write deadline, by transport",
 );
+pub const TOKEN_STREAM_ENDS: (&str, &str) = (
+    "sidestream_push_token_stream_ends",
+    "Streams ended by their subscription token, by transport and reason: expired (at exp plus leeway; a WebSocket after the refresh grace) or revoked (listed in the topic's revokedSubjects or revokedTokenIds)",
+);
+pub const TOKEN_REFRESHES: (&str, &str) = (
+    "sidestream_push_token_refreshes",
+    "WebSocket refresh frames by result: renewed (the socket holds the new token) or refused (an error frame; the old token stays)",
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TokenEndLabel {
+    transport: &'static str,
+    reason: &'static str,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TransportLabel {
@@ -166,6 +180,8 @@ pub struct Metrics {
     config_updates: Family<ResultLabel, Counter>,
     connections_detected: Family<ProtocolLabel, Counter>,
     head_timeouts: Counter,
+    token_ends: Family<TokenEndLabel, Counter>,
+    token_refreshes: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -209,6 +225,8 @@ impl Metrics {
             config_updates: Family::default(),
             connections_detected: Family::default(),
             head_timeouts: Counter::default(),
+            token_ends: Family::default(),
+            token_refreshes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(STREAMS_ACTIVE.0, STREAMS_ACTIVE.1, active);
@@ -264,6 +282,16 @@ impl Metrics {
             WRITE_DEADLINE_DISCONNECTS.1,
             write_deadline,
         );
+        registry.register(
+            TOKEN_STREAM_ENDS.0,
+            TOKEN_STREAM_ENDS.1,
+            metrics.token_ends.clone(),
+        );
+        registry.register(
+            TOKEN_REFRESHES.0,
+            TOKEN_REFRESHES.1,
+            metrics.token_refreshes.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -302,6 +330,23 @@ impl Metrics {
     /// A subscriber cut because its connection did not take a write in time.
     pub fn write_deadline_disconnect(&self, transport: Transport) {
         self.transport(transport).write_deadline.inc();
+    }
+
+    /// A stream ended by its subscription token (`expired` or `revoked`).
+    pub fn token_stream_end(&self, transport: Transport, reason: &'static str) {
+        self.token_ends
+            .get_or_create(&TokenEndLabel {
+                transport: transport.as_str(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A WebSocket `refresh` frame: `renewed` or `refused`.
+    pub fn token_refresh(&self, result: &'static str) {
+        self.token_refreshes
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// A new HTTP connection, by what its first bytes were (see [`CONNECTIONS_DETECTED`]).

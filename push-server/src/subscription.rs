@@ -418,6 +418,9 @@ impl Subscription {
         if changed {
             if let Some(why) = self.revoked() {
                 tracing::info!(transport = self.handle.transport.as_str(), reason = %why, "Subscription token revoked: ending the stream");
+                self.state
+                    .metrics
+                    .token_stream_end(self.handle.transport, TokenEnd::Revoked.as_str());
                 return Some(TokenEvent::Ended(TokenEnd::Revoked));
             }
         }
@@ -455,6 +458,9 @@ impl Subscription {
                         exp = end.map(|(_, exp)| exp),
                         "Subscription token expired: ending the stream"
                     );
+                    self.state
+                        .metrics
+                        .token_stream_end(self.handle.transport, TokenEnd::Expired.as_str());
                     return Some(TokenEvent::Ended(TokenEnd::Expired));
                 }
             }

@@ -253,6 +253,13 @@ async fn a_websocket_renews_its_token_in_band_across_expiry_without_losing_a_mes
     assert_eq!(close["code"], 4401, "{close}");
     assert_eq!(warnings, 2);
     expect_every_message_once(&received, published);
+    let metrics = server.state.metrics.encode(0);
+    for series in [
+        "sidestream_push_token_refreshes_total{result=\"renewed\"} 1",
+        "sidestream_push_token_stream_ends_total{transport=\"websocket\",reason=\"expired\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
     eprintln!("one WebSocket, two tokens: {published} messages, none lost or repeated");
 }
 
@@ -530,4 +537,8 @@ async fn revoking_a_subject_closes_its_websocket_and_spares_the_others() {
         .unwrap();
     assert_eq!(response.status(), 201);
     assert_eq!(next_ws(&mut alice).await["type"], "message");
+    let metrics = server.state.metrics.encode(0);
+    let series =
+        "sidestream_push_token_stream_ends_total{transport=\"websocket\",reason=\"revoked\"} 1";
+    assert!(metrics.contains(series), "{series} in\n{metrics}");
 }

@@ -220,7 +220,10 @@ async fn handle_frame(
             Some(serde_json::json!({ "type": "unsubscribed", "topic": topic }))
         }
         ClientFrame::Refresh { token, topic } => {
-            match refresh(subscription, &token, topic.as_deref()) {
+            let result = refresh(subscription, &token, topic.as_deref());
+            let metrics = &subscription.state().metrics;
+            metrics.token_refresh(if result.is_ok() { "renewed" } else { "refused" });
+            match result {
                 Ok(topics) => {
                     if topic.is_none() {
                         *connection_token = Some(token);
