@@ -212,6 +212,42 @@ async fn one_message_is_one_trace_from_the_publish_through_envoy_to_its_delivery
         Ok(())
     });
 
+    // A parent the client did not sample: the filter keeps the decision and
+    // the default sampler (parentbased_always_on) follows it, on delivery too.
+    let unsampled = "00-5ee1e2a2b6b54c6fb0fbd9c3a4d2e6f1-b7ad6b7169203331-00";
+    let published = http
+        .post(envoy.url("/v1/topics/otlp/messages"))
+        .header("traceparent", unsampled)
+        .body("not sampled")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201);
+    read_until(&mut sse, "not sampled").await.unwrap();
+    // Spans leave in order: once a later message's spans arrived, the
+    // unsampled one's would have too.
+    let published = http
+        .post(envoy.url("/v1/topics/otlp/messages"))
+        .body("sampled again")
+        .send()
+        .await
+        .unwrap();
+    let later = published.headers()["x-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    read_until(&mut sse, "sampled again").await.unwrap();
+    assert_eventually!(WAIT, "the later message's spans", async {
+        find(&receiver.spans(), &later, "deliver").map(|_| ())
+    });
+    let spans = receiver.spans();
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.trace_id == "5ee1e2a2b6b54c6fb0fbd9c3a4d2e6f1"),
+        "an unsampled trace was exported"
+    );
+
     // The subscription's life ends when its client goes.
     drop(sse);
     let subscription = assert_eventually!(WAIT, "the subscription span", async {
@@ -220,7 +256,7 @@ async fn one_message_is_one_trace_from_the_publish_through_envoy_to_its_delivery
     });
     assert_eq!(subscription.attribute("transport"), Some("sse"));
     assert_eq!(subscription.attribute("topics"), Some("1"));
-    assert_eq!(subscription.attribute("delivered"), Some("2"));
+    assert_eq!(subscription.attribute("delivered"), Some("4"));
     assert_eq!(
         subscription.attribute("close_reason"),
         Some("client-closed")
