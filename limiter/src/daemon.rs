@@ -83,6 +83,11 @@ pub struct DaemonArgs {
     /// Require client certificates signed by this CA (PEM; needs --tls-cert).
     #[arg(long, env = "SIDESTREAM_LIMITER_CLIENT_CA", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
+    /// Also serve Envoy's rate limit service (RLS v3) on the same buckets:
+    /// a JSON file with the domain and the policy each descriptor key stands
+    /// for (see docs/operations.md).
+    #[arg(long, env = "SIDESTREAM_LIMITER_RLS_CONFIG")]
+    pub rls_config: Option<PathBuf>,
 }
 
 /// Errors starting the daemon: all are configuration errors (exit 64)
@@ -109,6 +114,9 @@ pub enum StartError {
     /// A TLS file is unreadable or the TLS config is invalid.
     #[error("TLS: {0}")]
     Tls(String),
+    /// `--rls-config` is unusable.
+    #[error(transparent)]
+    Rls(#[from] crate::rls::RlsConfigError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -236,6 +244,11 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 pub async fn start(args: DaemonArgs) -> Result<RunningDaemon, StartError> {
     let settings = store_settings(&args)?;
     let tls = tls_config(&args)?;
+    let rls = args
+        .rls_config
+        .as_deref()
+        .map(crate::rls::RlsConfig::load)
+        .transpose()?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(Store::new(&settings, metrics.clone())?);
     let (grpc_listener, grpc_addr) = bind(args.listen).await?;
@@ -247,8 +260,13 @@ pub async fn start(args: DaemonArgs) -> Result<RunningDaemon, StartError> {
             .tls_config(tls)
             .map_err(|e| StartError::Tls(e.to_string()))?;
     }
-    let grpc =
-        builder.add_service(LimiterService::new(store.clone(), metrics.clone()).into_server());
+    let rls = rls.map(|config| {
+        info!(domain = %config.domain, descriptors = config.descriptors.len(), "Serving Envoy RLS");
+        crate::rls::RlsService::new(config, store.clone(), metrics.clone()).into_server()
+    });
+    let grpc = builder
+        .add_service(LimiterService::new(store.clone(), metrics.clone()).into_server())
+        .add_optional_service(rls);
     let admin_state = AdminState {
         redis_up: Arc::new(AtomicBool::new(false)),
         metrics,

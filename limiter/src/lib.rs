@@ -9,13 +9,16 @@
 //!   Acquire and Sync renew: a crashed Envoy's slots come back within one lease.
 //!
 //! Requests carry the policy's numbers (see `limits.proto`), so the limiter
-//! needs no config source. The binary is thin: it calls [`daemon::start`].
+//! needs no config source; only Envoy's RLS API ([`rls`], optional) has a
+//! file naming the policies its descriptors stand for. The binary is thin:
+//! it calls [`daemon::start`].
 
 pub mod admin;
 pub mod daemon;
 pub mod error;
 pub mod keys;
 pub mod metrics;
+pub mod rls;
 pub mod service;
 pub mod store;
 pub mod validate;

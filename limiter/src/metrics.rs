@@ -12,12 +12,12 @@ use prometheus_client::registry::Registry;
 /// Requests by method and outcome (`_total`).
 pub const REQUESTS: (&str, &str) = (
     "sidestream_limiter_requests",
-    "Requests by method (acquire, release, sync) and outcome (admitted, refused_rate, refused_concurrency, ok, invalid, error)",
+    "Requests by method (acquire, release, sync, should_rate_limit) and outcome (admitted, refused_rate, refused_concurrency, ok, unmatched, invalid, error)",
 );
 /// Redis script round trips by operation.
 pub const REDIS_SECONDS: (&str, &str) = (
     "sidestream_limiter_redis_seconds",
-    "Seconds per Redis round trip (one script call or PING) by operation (acquire, release, sync, ping), failures included",
+    "Seconds per Redis round trip (one script call or PING) by operation (acquire, release, sync, rls, ping), failures included",
 );
 /// Whether Redis answers.
 pub const REDIS_UP: (&str, &str) = (
@@ -39,6 +39,8 @@ pub enum Method {
     Release,
     /// `Sync`.
     Sync,
+    /// Envoy RLS `ShouldRateLimit`.
+    ShouldRateLimit,
 }
 
 impl Method {
@@ -48,6 +50,7 @@ impl Method {
             Method::Acquire => "acquire",
             Method::Release => "release",
             Method::Sync => "sync",
+            Method::ShouldRateLimit => "should_rate_limit",
         }
     }
 }
@@ -63,6 +66,8 @@ pub enum Outcome {
     RefusedConcurrency,
     /// Release or Sync done.
     Ok,
+    /// ShouldRateLimit: no descriptor matched a configured one.
+    Unmatched,
     /// The request was invalid (InvalidArgument).
     Invalid,
     /// Redis failed or did not answer in time.
@@ -77,6 +82,7 @@ impl Outcome {
             Outcome::RefusedRate => "refused_rate",
             Outcome::RefusedConcurrency => "refused_concurrency",
             Outcome::Ok => "ok",
+            Outcome::Unmatched => "unmatched",
             Outcome::Invalid => "invalid",
             Outcome::Error => "error",
         }

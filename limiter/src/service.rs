@@ -103,7 +103,7 @@ fn error_outcome(error: &LimiterError) -> Outcome {
 /// The span of one call: a server span `StreamLimiter/<Method>` continuing
 /// the caller's W3C trace context (`traceparent`/`tracestate` metadata), with
 /// the call's outcome.
-fn call_span<T>(method: Method, request: &Request<T>) -> tracing::Span {
+pub(crate) fn call_span<T>(method: Method, request: &Request<T>) -> tracing::Span {
     let metadata = |name| {
         request
             .metadata()
@@ -114,6 +114,7 @@ fn call_span<T>(method: Method, request: &Request<T>) -> tracing::Span {
         Method::Acquire => "StreamLimiter/Acquire",
         Method::Release => "StreamLimiter/Release",
         Method::Sync => "StreamLimiter/Sync",
+        Method::ShouldRateLimit => "RateLimitService/ShouldRateLimit",
     };
     let span = tracing::info_span!(
         "call",

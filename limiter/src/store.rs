@@ -15,7 +15,7 @@ use redis::{FromRedisValue, IntoConnectionInfo, Script, ScriptInvocation};
 
 use crate::keys::KeyPrefix;
 use crate::metrics::Metrics;
-use crate::validate::{Acquire, Release, Sync, Target};
+use crate::validate::{Acquire, Limits, Release, Sync, Target};
 
 const COMMON: &str = include_str!("store/common.lua");
 const ACQUIRE: &str = include_str!("store/acquire.lua");
@@ -228,6 +228,14 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{COMMON}\n{body}"))
 }
 
+/// What the acquire script takes: tokens, and a slot for an instance or not.
+struct Take<'a> {
+    instance: &'a str,
+    tokens: u32,
+    slot: bool,
+    operation: &'static str,
+}
+
 /// A script call, or PING when there is none.
 async fn send<T: FromRedisValue>(
     invocation: Option<&ScriptInvocation<'_>>,
@@ -314,19 +322,57 @@ impl Store {
 
     /// Takes a token and a slot for the instance, or refuses.
     pub async fn acquire(&self, call: &Acquire, clock: Clock) -> Result<Decision, StoreError> {
-        let keys = self.prefix.keys(&call.target);
+        let take = Take {
+            instance: &call.instance,
+            tokens: 1,
+            slot: true,
+            operation: "acquire",
+        };
+        self.run_acquire(&call.target, call.limits, take, clock)
+            .await
+    }
+
+    /// Takes `tokens` from the bucket of `target` without holding a slot
+    /// (Envoy's RLS, which has no release), refusing at the concurrency cap
+    /// as Acquire does. `tokens` must be at most the burst.
+    pub async fn take_tokens(
+        &self,
+        target: &Target,
+        limits: Limits,
+        tokens: u32,
+        clock: Clock,
+    ) -> Result<Decision, StoreError> {
+        let take = Take {
+            instance: "",
+            tokens,
+            slot: false,
+            operation: "rls",
+        };
+        self.run_acquire(target, limits, take, clock).await
+    }
+
+    async fn run_acquire(
+        &self,
+        target: &Target,
+        limits: Limits,
+        take: Take<'_>,
+        clock: Clock,
+    ) -> Result<Decision, StoreError> {
+        let keys = self.prefix.keys(target);
         let mut invocation = self.acquire.prepare_invoke();
         invocation
             .key(&keys.bucket)
             .key(&keys.holders)
             .key(&keys.leases)
-            .arg(&call.instance)
-            .arg(call.limits.rate_milli)
-            .arg(call.limits.burst)
-            .arg(call.limits.max_concurrent)
+            .arg(take.instance)
+            .arg(limits.rate_milli)
+            .arg(limits.burst)
+            .arg(limits.max_concurrent)
             .arg(self.lease_ms)
-            .arg(clock.arg());
-        let reply: Vec<i64> = self.call("acquire", Some(invocation)).await?;
+            .arg(clock.arg())
+            .arg(take.tokens)
+            .arg(if take.slot { "1" } else { "0" });
+        let reply: Vec<i64> = self.call(take.operation, Some(invocation)).await?;
         let bad = || StoreError::Reply {
             script: "acquire",
             reply: format!("{reply:?}"),

@@ -1,6 +1,8 @@
 -- Acquire: one token and one concurrent slot for an instance, or a refusal.
 -- KEYS: bucket, holders, leases
--- ARGV: instance, rate_milli, burst, max_concurrent, lease_ms, now_us ('' = TIME)
+-- ARGV: instance, rate_milli, burst, max_concurrent, lease_ms, now_us ('' = TIME),
+--       tokens to take (1 for a stream), '1' to take a slot ('0': RLS, which
+--       has no release, checks the cap but holds nothing)
 -- Returns {verdict, retry_after_ms, reset_ms, remaining, active}; verdict
 -- 1 admitted, 2 refused (rate), 3 refused (concurrency).
 --
@@ -14,6 +16,8 @@ local burst = tonumber(ARGV[3])
 local max_concurrent = tonumber(ARGV[4])
 local lease_ms = tonumber(ARGV[5])
 local now = now_micros(ARGV[6])
+local need = tonumber(ARGV[7]) * MICRO
+local take_slot = ARGV[8] == '1'
 local cap = burst * MICRO
 
 -- Refill (a missing bucket is full).
@@ -68,13 +72,16 @@ if max_concurrent > 0 and active >= max_concurrent then
   save_bucket()
   return {3, 1000, 1000, floor_div(tokens, MICRO), active}
 end
-if tokens < MICRO then
+if tokens < need then
   save_bucket()
-  return {2, millis(micros_until(MICRO)), millis(micros_until(cap)), 0, active}
+  return {2, millis(micros_until(need)), millis(micros_until(cap)), floor_div(tokens, MICRO), active}
 end
 
-tokens = tokens - MICRO
+tokens = tokens - need
 save_bucket()
+if not take_slot then
+  return {1, 0, millis(micros_until(cap)), floor_div(tokens, MICRO), active}
+end
 redis.call('HINCRBY', KEYS[2], instance, 1)
 redis.call('ZADD', KEYS[3], int(now + lease_ms * 1000), instance)
 expire_leases(KEYS[2], KEYS[3], now, lease_ms)
