@@ -1,5 +1,9 @@
 //! The admin HTTP API (axum): health, readiness, metrics, the current
 //! snapshot, connected clients and rejections.
+//!
+//! The JSON views are the types below (and those re-exported here); the
+//! control plane serialises them and `sidestreamctl status` deserialises the
+//! same types, so the two cannot drift apart.
 
 use std::sync::Arc;
 
@@ -11,7 +15,10 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::state::{ClientInfo, ControlPlane, RejectionsView};
+use crate::state::ControlPlane;
+
+pub use crate::config_state::{Rejection, UnknownKey};
+pub use crate::state::{ClientInfo, Nack, RejectionsView};
 
 /// Errors of the admin API; details are logged, not leaked.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use crate::watch::Change;
 use history::{HistoryWalk, Recovered};
 
 /// A value the control plane refused; the key keeps its last good value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rejection {
     /// The key relative to the prefix, e.g. "v1/releases/push".
@@ -38,7 +38,7 @@ pub struct Rejection {
 }
 
 /// A key under the prefix that is no config object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnknownKey {
     /// The key relative to the prefix.

@@ -37,7 +37,7 @@ pub fn unix_millis() -> u64 {
 }
 
 /// A NACK a client sent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Nack {
     /// The version the client rejected.
@@ -49,7 +49,7 @@ pub struct Nack {
 }
 
 /// One connected data-plane client, as `/v1/clients` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientInfo {
     /// The stream's id inside this control plane.
@@ -76,7 +76,7 @@ pub struct ClientInfo {
 }
 
 /// What `/v1/rejections` lists.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RejectionsView {
     /// Rejections counted since start.
