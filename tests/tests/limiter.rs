@@ -573,6 +573,10 @@ async fn bad_flags_exit_64_naming_the_flag() {
         ),
         (vec!["--redis-prefix", "x{y}"], "--redis-prefix"),
         (
+            vec!["--rls-config", "/nonexistent/rls.json"],
+            "--rls-config /nonexistent/rls.json: No such file",
+        ),
+        (
             vec![
                 "--tls-cert",
                 "/nonexistent.pem",
