@@ -7,12 +7,13 @@ WASM_IMAGE := target/wasm-image/sidestream-filter.oci.tar
 # Where the filter's image will be pushed (make wasm-image IMAGE=...).
 IMAGE ?= example.invalid/sidestream/sidestream-filter:0.1.0
 
-.PHONY: istio-sha wasm-image help deps deps-run deps-bench filter build lint test unit-test integration-test run bench schema clean
+.PHONY: istio-sha wasm-image help deps deps-run deps-bench deps-fuzz fuzz fuzz-smoke filter build lint test unit-test integration-test run bench schema clean
 
 help:
 	@echo "make run    start the whole stack on loopback (etcd, control plane, Redis, limiter, push servers, Envoy + filter)"
 	@echo "make test   install what is missing, build everything, run every test"
 	@echo "make bench  run the benchmarks and rewrite BENCHMARKS.md"
+	@echo "make fuzz   run every fuzz target for FUZZ_SECONDS (default 60) and print executions and coverage"
 	@echo "make filter build the Wasm filter to $(WASM)"
 	@echo "make wasm-image [IMAGE=registry/repository:tag]"
 	@echo "           pack it as an OCI image (Istio's Wasm image format) to $(WASM_IMAGE)"
@@ -26,6 +27,9 @@ deps-run:
 
 deps-bench:
 	@scripts/install-deps.sh bench
+
+deps-fuzz:
+	@scripts/install-deps.sh fuzz
 
 ## The Wasm module Envoy loads.
 filter:
@@ -48,7 +52,17 @@ integration-test: build
 
 test: deps build
 	cargo test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory fuzz-smoke
 	$(MAKE) --no-print-directory lint
+
+## Coverage-guided fuzzing (fuzz/, cargo-fuzz): every target for FUZZ_SECONDS
+## each (FUZZ_JOBS at a time), then a table of executions and coverage per
+## target; a crash fails it. The smoke is a short run of every target.
+fuzz: deps-fuzz
+	scripts/fuzz.sh
+
+fuzz-smoke:
+	scripts/fuzz.sh --smoke
 
 run: deps-run filter
 	cargo build --release --workspace --bins

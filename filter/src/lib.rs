@@ -24,5 +24,7 @@ pub mod vm;
 #[cfg(any(target_arch = "wasm32", clippy))]
 mod glue;
 
-#[cfg(test)]
-mod fake;
+// The fake host of the unit tests; public for the fuzz targets (fuzz/).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fake;

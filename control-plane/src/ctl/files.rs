@@ -131,6 +131,67 @@ fn values_of(file: &Path, text: &str) -> Result<Vec<serde_json::Value>, String> 
     Ok(values)
 }
 
+/// Reads and validates the documents of one file's text; `file` names the
+/// file in problems and, by its extension, says JSON or YAML. (What [`load`]
+/// does for each file, less the check for keys set by two files.)
+pub fn load_text(file: &Path, text: &str) -> (Vec<LoadedDocument>, Vec<FileProblem>) {
+    let mut loaded: Vec<LoadedDocument> = Vec::new();
+    let mut problems = Vec::new();
+    let values = match values_of(file, text) {
+        Ok(values) => values,
+        Err(message) => {
+            problems.push(problem(file, None, None, "", &message));
+            return (loaded, problems);
+        }
+    };
+    // Flatten lists so every document has its own position.
+    let mut elements = Vec::new();
+    for value in values {
+        match value {
+            serde_json::Value::Array(list) => elements.extend(list),
+            other => elements.push(other),
+        }
+    }
+    if elements.is_empty() {
+        problems.push(problem(file, None, None, "", "no document in this file"));
+    }
+    for (position, element) in elements.into_iter().enumerate() {
+        let index = position + 1;
+        let documents = match documents_from_value(element) {
+            Ok(documents) => documents,
+            Err(error) => {
+                for p in error.problems {
+                    problems.push(problem(file, Some(index), None, &p.field, &p.message));
+                }
+                continue;
+            }
+        };
+        for document in documents {
+            let subject = document.kind.subject(&document.name);
+            match document.validate() {
+                Ok(item) => loaded.push(LoadedDocument {
+                    file: file.to_path_buf(),
+                    index,
+                    document,
+                    item,
+                }),
+                Err(error) => {
+                    for p in error.problems {
+                        problems.push(problem(
+                            file,
+                            Some(index),
+                            Some(subject.clone()),
+                            &p.field,
+                            &p.message,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    (loaded, problems)
+}
+
 /// Reads and validates every document in `paths`; returns the valid ones and
 /// every problem (a key given twice is a problem too).
 pub fn load(paths: &[PathBuf]) -> (Vec<LoadedDocument>, Vec<FileProblem>) {
@@ -144,58 +205,9 @@ pub fn load(paths: &[PathBuf]) -> (Vec<LoadedDocument>, Vec<FileProblem>) {
                 continue;
             }
         };
-        let values = match values_of(&file, &text) {
-            Ok(values) => values,
-            Err(message) => {
-                problems.push(problem(&file, None, None, "", &message));
-                continue;
-            }
-        };
-        // Flatten lists so every document has its own position.
-        let mut elements = Vec::new();
-        for value in values {
-            match value {
-                serde_json::Value::Array(list) => elements.extend(list),
-                other => elements.push(other),
-            }
-        }
-        if elements.is_empty() {
-            problems.push(problem(&file, None, None, "", "no document in this file"));
-        }
-        for (position, element) in elements.into_iter().enumerate() {
-            let index = position + 1;
-            let documents = match documents_from_value(element) {
-                Ok(documents) => documents,
-                Err(error) => {
-                    for p in error.problems {
-                        problems.push(problem(&file, Some(index), None, &p.field, &p.message));
-                    }
-                    continue;
-                }
-            };
-            for document in documents {
-                let subject = document.kind.subject(&document.name);
-                match document.validate() {
-                    Ok(item) => loaded.push(LoadedDocument {
-                        file: file.clone(),
-                        index,
-                        document,
-                        item,
-                    }),
-                    Err(error) => {
-                        for p in error.problems {
-                            problems.push(problem(
-                                &file,
-                                Some(index),
-                                Some(subject.clone()),
-                                &p.field,
-                                &p.message,
-                            ));
-                        }
-                    }
-                }
-            }
-        }
+        let (documents, file_problems) = load_text(&file, &text);
+        loaded.extend(documents);
+        problems.extend(file_problems);
     }
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for doc in &loaded {
@@ -253,6 +265,26 @@ mod tests {
             ]
         );
         assert_eq!(docs[3].index, 2);
+    }
+
+    #[test]
+    fn reads_text_as_the_named_file() {
+        let (docs, problems) = load_text(
+            Path::new("inline.yaml"),
+            "kind: topic\nname: t\nspec: {}\n---\nkind: topic\nname: u\nspec: 3\n",
+        );
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].file, Path::new("inline.yaml"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].file, "inline.yaml");
+        assert_eq!(problems[0].document, Some(2));
+        // The extension says JSON: YAML text is refused as JSON.
+        let (docs, problems) = load_text(Path::new("inline.json"), "kind: topic\n");
+        assert!(docs.is_empty());
+        assert!(
+            problems[0].message.starts_with("invalid JSON"),
+            "{problems:?}"
+        );
     }
 
     #[test]
