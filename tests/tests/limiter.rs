@@ -149,7 +149,9 @@ async fn burst_then_refill(client: &mut Client, key: &str) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let allowed = 1 + u32::try_from(refill_started.elapsed().as_millis() / 500).expect("small");
+    // A partial token at the start, one every 500 ms since, and one for the
+    // moments between the last refusal and `refill_started`.
+    let allowed = 2 + u32::try_from(refill_started.elapsed().as_millis() / 500).expect("small");
     assert!(
         more <= allowed,
         "{more} admitted by refill, at most {allowed} allowed"
@@ -248,10 +250,10 @@ async fn a_silent_instance_loses_its_slots_after_one_lease() {
     }
     // Three leases long, the instance syncs every third of a lease.
     let until = Instant::now() + 3 * lease;
-    let mut last_sync = Instant::now();
+    let mut sync_sent = Instant::now();
     while Instant::now() < until {
+        sync_sent = Instant::now();
         sync(&mut client, "vm-dead", &[("h:acme", 4)]).await;
-        last_sync = Instant::now();
         let answer = acquire(&mut client, "vm-live", "h:acme", limits).await;
         assert_eq!(
             answer.verdict(),
@@ -263,10 +265,10 @@ async fn a_silent_instance_loses_its_slots_after_one_lease() {
     // It stops. Until its lease has run out, its slots stay its own.
     let deadline = Instant::now() + 2 * lease;
     let freed = loop {
-        let asked = Instant::now();
         let answer = acquire(&mut client, "vm-live", "h:acme", limits).await;
+        let answered = Instant::now();
         if answer.verdict() == pb::Verdict::Admitted {
-            break asked;
+            break answered;
         }
         assert_eq!(
             answer.verdict(),
@@ -276,15 +278,16 @@ async fn a_silent_instance_loses_its_slots_after_one_lease() {
         assert!(
             Instant::now() < deadline,
             "slots still held {:?} after the last Sync",
-            last_sync.elapsed()
+            sync_sent.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let silent_for = freed.duration_since(last_sync);
-    // Redis's clock and ours tick together on one machine; the lease started
-    // when Redis ran the last Sync, a little before `last_sync`.
+    let silent_for = freed.duration_since(sync_sent);
+    // Redis ran the last Sync after `sync_sent` and the admitting Acquire
+    // before `freed`, on a clock that ticks with ours (a few ms for NTP
+    // slewing).
     assert!(
-        silent_for + Duration::from_millis(100) >= lease,
+        silent_for + Duration::from_millis(5) >= lease,
         "freed {silent_for:?} after the last Sync, before the {lease:?} lease ran out"
     );
     let answer = acquire(&mut client, "vm-live", "h:acme", limits).await;
