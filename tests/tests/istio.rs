@@ -206,17 +206,35 @@ fn crd_problems(manifests: &[&Manifest]) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------
-// Cross-references
+// Cross-references: one function per kind of resource (or per concern), each
+// listing the broken references it finds, described.
 
+/// A Deployment or StatefulSet and what the checks read of it.
 struct Workload<'a> {
     file: &'a str,
     kind: &'a str,
     namespace: &'a str,
     name: &'a str,
+    /// The whole resource.
+    doc: &'a Value,
     pod_labels: BTreeMap<String, String>,
     /// container port name → number
     ports: BTreeMap<String, u64>,
     pod_spec: &'a Value,
+}
+
+impl Workload<'_> {
+    fn is_app(&self, app: &str) -> bool {
+        self.pod_labels.get("app").map(String::as_str) == Some(app)
+    }
+
+    fn containers(&self) -> impl Iterator<Item = &Value> {
+        self.pod_spec["containers"].as_array().into_iter().flatten()
+    }
+
+    fn declares_port(&self, port: u64) -> bool {
+        self.ports.values().any(|p| *p == port)
+    }
 }
 
 fn workloads(manifests: &[Manifest]) -> Vec<Workload<'_>> {
@@ -238,6 +256,7 @@ fn workloads(manifests: &[Manifest]) -> Vec<Workload<'_>> {
                 kind: kind(&m.doc),
                 namespace: namespace(&m.doc),
                 name: name(&m.doc),
+                doc: &m.doc,
                 pod_labels: labels(&m.doc["spec"]["template"]["metadata"]["labels"]),
                 ports,
                 pod_spec,
@@ -246,33 +265,100 @@ fn workloads(manifests: &[Manifest]) -> Vec<Workload<'_>> {
         .collect()
 }
 
-fn find<'a>(
+/// (namespace, Service name) → the subsets DestinationRules define for it.
+type SubsetsByService = BTreeMap<(String, String), BTreeSet<String>>;
+
+/// The manifests, with what several checks need computed once.
+struct Mesh<'a> {
     manifests: &'a [Manifest],
-    kind_name: &str,
-    ns: &str,
-    resource: &str,
-) -> Option<&'a Manifest> {
-    manifests
-        .iter()
-        .find(|m| kind(&m.doc) == kind_name && namespace(&m.doc) == ns && name(&m.doc) == resource)
+    workloads: Vec<Workload<'a>>,
+    /// Namespaces created here, and istio-system.
+    namespaces: BTreeSet<&'a str>,
+    /// The subsets of every DestinationRule whose host names a Service.
+    subsets: SubsetsByService,
 }
 
-/// The Service an in-mesh host names: `<name>.<namespace>.svc.cluster.local`
-/// (or the short forms relative to `ns`).
-fn service_for_host<'a>(manifests: &'a [Manifest], host: &str, ns: &str) -> Option<&'a Manifest> {
-    let host = host.trim_end_matches(".svc.cluster.local");
-    let (svc, svc_ns) = host.split_once('.').unwrap_or((host, ns));
-    find(manifests, "Service", svc_ns, svc)
+impl<'a> Mesh<'a> {
+    fn new(manifests: &'a [Manifest]) -> Self {
+        let namespaces = manifests
+            .iter()
+            .filter(|m| kind(&m.doc) == "Namespace")
+            .map(|m| name(&m.doc))
+            .chain(["istio-system"])
+            .collect();
+        let mut mesh = Mesh {
+            manifests,
+            workloads: workloads(manifests),
+            namespaces,
+            subsets: BTreeMap::new(),
+        };
+        let mut subsets = SubsetsByService::new();
+        for rule in mesh.of_kind("DestinationRule") {
+            let host = rule.doc["spec"]["host"].as_str().unwrap_or("");
+            if let Some(service) = mesh.service_for_host(host, namespace(&rule.doc)) {
+                let entry = subsets.entry(service_key(service)).or_default();
+                for subset in rule.doc["spec"]["subsets"].as_array().into_iter().flatten() {
+                    entry.insert(subset["name"].as_str().unwrap_or("").to_owned());
+                }
+            }
+        }
+        mesh.subsets = subsets;
+        mesh
+    }
+
+    fn of_kind<'k>(&self, kind_name: &'k str) -> impl Iterator<Item = &'a Manifest> + 'k
+    where
+        'a: 'k,
+    {
+        self.manifests
+            .iter()
+            .filter(move |m| kind(&m.doc) == kind_name)
+    }
+
+    fn find(&self, kind_name: &str, ns: &str, resource: &str) -> Option<&'a Manifest> {
+        self.manifests.iter().find(|m| {
+            kind(&m.doc) == kind_name && namespace(&m.doc) == ns && name(&m.doc) == resource
+        })
+    }
+
+    /// The Service an in-mesh host names: `<name>.<namespace>.svc.cluster.local`
+    /// (or the short forms relative to `ns`).
+    fn service_for_host(&self, host: &str, ns: &str) -> Option<&'a Manifest> {
+        let host = host.trim_end_matches(".svc.cluster.local");
+        let (svc, svc_ns) = host.split_once('.').unwrap_or((host, ns));
+        self.find("Service", svc_ns, svc)
+    }
+
+    /// The workloads in `ns` whose pods `selector` matches (none for an
+    /// empty selector).
+    fn selected(&self, ns: &str, selector: &BTreeMap<String, String>) -> Vec<&Workload<'a>> {
+        self.workloads
+            .iter()
+            .filter(|w| {
+                w.namespace == ns && !selector.is_empty() && subset_of(selector, &w.pod_labels)
+            })
+            .collect()
+    }
+
+    /// The workloads behind a Service.
+    fn backends(&self, service: &Manifest) -> Vec<&Workload<'a>> {
+        self.selected(
+            namespace(&service.doc),
+            &labels(&service.doc["spec"]["selector"]),
+        )
+    }
+
+    /// The workloads whose pods are labelled `app: <app>`.
+    fn apps<'s>(&'s self, app: &'s str) -> impl Iterator<Item = &'s Workload<'a>> + 's {
+        self.workloads.iter().filter(move |w| w.is_app(app))
+    }
 }
 
-fn selected<'w, 'a>(
-    all: &'w [Workload<'a>],
-    ns: &str,
-    selector: &BTreeMap<String, String>,
-) -> Vec<&'w Workload<'a>> {
-    all.iter()
-        .filter(|w| w.namespace == ns && !selector.is_empty() && subset_of(selector, &w.pod_labels))
-        .collect()
+fn service_key(service: &Manifest) -> (String, String) {
+    (
+        namespace(&service.doc).to_owned(),
+        name(&service.doc).to_owned(),
+    )
 }
 
 fn service_ports(service: &Value) -> Vec<&Value> {
@@ -304,6 +390,14 @@ fn duration_secs(text: &str) -> Option<f64> {
     text.parse().ok()
 }
 
+/// Whether a duration flag's value ends in a unit (the daemons refuse a bare
+/// number).
+fn has_unit(duration: &str) -> bool {
+    duration
+        .trim_end()
+        .ends_with(|c: char| c.is_ascii_alphabetic())
+}
+
 /// The release policy the WasmPlugin embeds for the push service: its tag
 /// header and groups.
 fn wasm_release(manifests: &[Manifest]) -> Option<(String, Vec<String>)> {
@@ -321,32 +415,45 @@ fn wasm_release(manifests: &[Manifest]) -> Option<(String, Vec<String>)> {
 
 /// Every broken cross-reference, described.
 fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
-    let mut problems = Vec::new();
-    let all_workloads = workloads(manifests);
-    let namespaces: BTreeSet<&str> = manifests
+    let mesh = Mesh::new(manifests);
+    let checks: [fn(&Mesh) -> Vec<String>; 11] = [
+        namespace_problems,
+        workload_problems,
+        service_problems,
+        destination_rule_problems,
+        virtual_service_problems,
+        release_group_problems,
+        wasm_plugin_problems,
+        limiter_problems,
+        scaling_problems,
+        authorization_policy_problems,
+        push_server_problems,
+    ];
+    checks.iter().flat_map(|check| check(&mesh)).collect()
+}
+
+/// Every resource but a Namespace lives in istio-system or a namespace
+/// created here.
+fn namespace_problems(mesh: &Mesh) -> Vec<String> {
+    mesh.manifests
         .iter()
-        .filter(|m| kind(&m.doc) == "Namespace")
-        .map(|m| name(&m.doc))
-        .chain(["istio-system"])
-        .collect();
+        .filter(|m| kind(&m.doc) != "Namespace")
+        .filter(|m| !mesh.namespaces.contains(namespace(&m.doc)))
+        .map(|m| {
+            format!(
+                "{}: namespace '{}' is neither istio-system nor created here",
+                m.file,
+                namespace(&m.doc)
+            )
+        })
+        .collect()
+}
 
-    for m in manifests {
-        let ns = namespace(&m.doc);
-        if kind(&m.doc) != "Namespace" && !namespaces.contains(ns) {
-            problems.push(format!(
-                "{}: namespace '{ns}' is neither istio-system nor created here",
-                m.file
-            ));
-        }
-    }
-
-    // Workloads: selectors, service accounts, probe ports.
-    for w in &all_workloads {
-        let m = manifests
-            .iter()
-            .find(|m| m.file == w.file)
-            .expect("workload manifest");
-        let selector = labels(&m.doc["spec"]["selector"]["matchLabels"]);
+/// Workloads: selectors, service accounts, probe ports.
+fn workload_problems(mesh: &Mesh) -> Vec<String> {
+    let mut problems = Vec::new();
+    for w in &mesh.workloads {
+        let selector = labels(&w.doc["spec"]["selector"]["matchLabels"]);
         if selector.is_empty() || !subset_of(&selector, &w.pod_labels) {
             problems.push(format!(
                 "{}: selector {selector:?} does not match its pod labels {:?}",
@@ -354,43 +461,49 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
             ));
         }
         if let Some(account) = w.pod_spec["serviceAccountName"].as_str() {
-            if find(manifests, "ServiceAccount", w.namespace, account).is_none() {
+            if mesh.find("ServiceAccount", w.namespace, account).is_none() {
                 problems.push(format!(
                     "{}: serviceAccountName '{account}' has no ServiceAccount",
                     w.file
                 ));
             }
         }
-        for container in w.pod_spec["containers"].as_array().into_iter().flatten() {
-            for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
-                let probe_value = &container[probe];
-                for handler in ["httpGet", "tcpSocket", "grpc"] {
-                    match &probe_value[handler]["port"] {
-                        Value::String(port) if !w.ports.contains_key(port) => {
-                            problems.push(format!(
-                            "{}: {probe} uses port '{port}', which the container does not declare",
+        problems.extend(probe_port_problems(w));
+    }
+    problems
+}
+
+/// Every probe of a workload's containers uses a port they declare.
+fn probe_port_problems(w: &Workload) -> Vec<String> {
+    let mut problems = Vec::new();
+    for container in w.containers() {
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            for handler in ["httpGet", "tcpSocket", "grpc"] {
+                match &container[probe][handler]["port"] {
+                    Value::String(port) if !w.ports.contains_key(port) => problems.push(format!(
+                        "{}: {probe} uses port '{port}', which the container does not declare",
+                        w.file
+                    )),
+                    Value::Number(n) if !n.as_u64().is_some_and(|n| w.declares_port(n)) => problems
+                        .push(format!(
+                            "{}: {probe} uses port {n}, which the container does not declare",
                             w.file
-                        ))
-                        }
-                        Value::Number(n) if !w.ports.values().any(|p| Some(*p) == n.as_u64()) => {
-                            problems.push(format!(
-                                "{}: {probe} uses port {n}, which the container does not declare",
-                                w.file
-                            ))
-                        }
-                        _ => {}
-                    }
+                        )),
+                    _ => {}
                 }
             }
         }
     }
+    problems
+}
 
-    // Services: selectors and target ports.
-    for service in manifests.iter().filter(|m| kind(&m.doc) == "Service") {
-        let ns = namespace(&service.doc);
-        let selector = labels(&service.doc["spec"]["selector"]);
-        let backends = selected(&all_workloads, ns, &selector);
+/// Services: selectors and target ports.
+fn service_problems(mesh: &Mesh) -> Vec<String> {
+    let mut problems = Vec::new();
+    for service in mesh.of_kind("Service") {
+        let backends = mesh.backends(service);
         if backends.is_empty() {
+            let selector = labels(&service.doc["spec"]["selector"]);
             problems.push(format!(
                 "{}: selector {selector:?} matches no Deployment or StatefulSet",
                 service.file
@@ -401,11 +514,10 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
             for backend in &backends {
                 let ok = match target {
                     Value::String(port_name) => backend.ports.contains_key(port_name),
-                    Value::Number(n) => backend.ports.values().any(|p| Some(*p) == n.as_u64()),
-                    _ => backend
-                        .ports
-                        .values()
-                        .any(|p| Some(*p) == port["port"].as_u64()),
+                    Value::Number(n) => n.as_u64().is_some_and(|n| backend.declares_port(n)),
+                    _ => port["port"]
+                        .as_u64()
+                        .is_some_and(|n| backend.declares_port(n)),
                 };
                 if !ok {
                     problems.push(format!(
@@ -416,30 +528,22 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
             }
         }
     }
+    problems
+}
 
-    // DestinationRules: host and subsets.
-    let mut subsets_by_service: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for rule in manifests
-        .iter()
-        .filter(|m| kind(&m.doc) == "DestinationRule")
-    {
-        let ns = namespace(&rule.doc);
+/// DestinationRules: the host names a Service, each subset's labels match a
+/// pod behind it.
+fn destination_rule_problems(mesh: &Mesh) -> Vec<String> {
+    let mut problems = Vec::new();
+    for rule in mesh.of_kind("DestinationRule") {
         let host = rule.doc["spec"]["host"].as_str().unwrap_or("");
-        let Some(service) = service_for_host(manifests, host, ns) else {
+        let Some(service) = mesh.service_for_host(host, namespace(&rule.doc)) else {
             problems.push(format!("{}: host '{host}' names no Service", rule.file));
             continue;
         };
-        let selector = labels(&service.doc["spec"]["selector"]);
-        let backends = selected(&all_workloads, namespace(&service.doc), &selector);
-        let entry = subsets_by_service
-            .entry((
-                namespace(&service.doc).to_owned(),
-                name(&service.doc).to_owned(),
-            ))
-            .or_default();
+        let backends = mesh.backends(service);
         for subset in rule.doc["spec"]["subsets"].as_array().into_iter().flatten() {
             let subset_name = subset["name"].as_str().unwrap_or("");
-            entry.insert(subset_name.to_owned());
             let subset_labels = labels(&subset["labels"]);
             if !backends
                 .iter()
@@ -453,120 +557,181 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
             }
         }
     }
+    problems
+}
 
-    // VirtualServices: gateways, hosts, destinations, subsets, ports, tag header.
-    let release = wasm_release(manifests);
-    for vs in manifests
-        .iter()
-        .filter(|m| kind(&m.doc) == "VirtualService")
-    {
-        let ns = namespace(&vs.doc);
-        let gateways = strings(&vs.doc["spec"]["gateways"]);
-        let mesh = gateways.is_empty() || gateways.contains(&"mesh");
-        let mut gateway_hosts: BTreeSet<&str> = BTreeSet::new();
-        for gateway in gateways.iter().filter(|g| **g != "mesh") {
-            let (gw_ns, gw_name) = gateway.split_once('/').unwrap_or((ns, gateway));
-            match find(manifests, "Gateway", gw_ns, gw_name) {
-                Some(gw) => {
-                    for server in gw.doc["spec"]["servers"].as_array().into_iter().flatten() {
-                        gateway_hosts.extend(strings(&server["hosts"]));
-                    }
-                }
-                None => problems.push(format!("{}: gateway '{gateway}' does not exist", vs.file)),
-            }
+/// VirtualServices: gateways, hosts, destinations, subsets, ports, tag header.
+fn virtual_service_problems(mesh: &Mesh) -> Vec<String> {
+    let release = wasm_release(mesh.manifests);
+    let mut problems = Vec::new();
+    for vs in mesh.of_kind("VirtualService") {
+        let (mesh_ports, host_problems) = virtual_service_hosts(mesh, vs);
+        problems.extend(host_problems);
+        for route in vs.doc["spec"]["http"].as_array().into_iter().flatten() {
+            problems.extend(route_match_problems(
+                vs,
+                route,
+                &mesh_ports,
+                release.as_ref(),
+            ));
+            problems.extend(route_destination_problems(mesh, vs, route));
         }
-        let mut mesh_ports: Vec<u64> = Vec::new();
-        for host in strings(&vs.doc["spec"]["hosts"]) {
-            if mesh {
-                match service_for_host(manifests, host, ns) {
-                    Some(service) => mesh_ports.extend(
-                        service_ports(&service.doc)
-                            .iter()
-                            .filter_map(|p| p["port"].as_u64()),
-                    ),
-                    None => problems.push(format!("{}: host '{host}' names no Service", vs.file)),
+    }
+    problems
+}
+
+/// A VirtualService's gateways exist and serve its hosts; in the mesh, its
+/// hosts name Services. Returns the ports those Services expose, and the
+/// problems.
+fn virtual_service_hosts(mesh: &Mesh, vs: &Manifest) -> (Vec<u64>, Vec<String>) {
+    let mut problems = Vec::new();
+    let ns = namespace(&vs.doc);
+    let gateways = strings(&vs.doc["spec"]["gateways"]);
+    let in_mesh = gateways.is_empty() || gateways.contains(&"mesh");
+    let mut gateway_hosts: BTreeSet<&str> = BTreeSet::new();
+    for gateway in gateways.iter().filter(|g| **g != "mesh") {
+        let (gw_ns, gw_name) = gateway.split_once('/').unwrap_or((ns, gateway));
+        match mesh.find("Gateway", gw_ns, gw_name) {
+            Some(gw) => {
+                for server in gw.doc["spec"]["servers"].as_array().into_iter().flatten() {
+                    gateway_hosts.extend(strings(&server["hosts"]));
                 }
-            } else if !gateway_hosts.contains(host) && !gateway_hosts.contains("*") {
+            }
+            None => problems.push(format!("{}: gateway '{gateway}' does not exist", vs.file)),
+        }
+    }
+    let mut mesh_ports: Vec<u64> = Vec::new();
+    for host in strings(&vs.doc["spec"]["hosts"]) {
+        if in_mesh {
+            match mesh.service_for_host(host, ns) {
+                Some(service) => mesh_ports.extend(
+                    service_ports(&service.doc)
+                        .iter()
+                        .filter_map(|p| p["port"].as_u64()),
+                ),
+                None => problems.push(format!("{}: host '{host}' names no Service", vs.file)),
+            }
+        } else if !gateway_hosts.contains(host) && !gateway_hosts.contains("*") {
+            problems.push(format!(
+                "{}: host '{host}' is served by none of its gateways",
+                vs.file
+            ));
+        }
+    }
+    (mesh_ports, problems)
+}
+
+/// A route's matches: ports its hosts expose, and headers that are the
+/// release tag with one of its groups.
+fn route_match_problems(
+    vs: &Manifest,
+    route: &Value,
+    mesh_ports: &[u64],
+    release: Option<&(String, Vec<String>)>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let route_name = route["name"].as_str().unwrap_or("?");
+    for matcher in route["match"].as_array().into_iter().flatten() {
+        if let Some(port) = matcher["port"].as_u64() {
+            if !mesh_ports.contains(&port) {
                 problems.push(format!(
-                    "{}: host '{host}' is served by none of its gateways",
+                    "{}: route '{route_name}' matches port {port}, which its hosts do not expose",
                     vs.file
                 ));
             }
         }
-        for route in vs.doc["spec"]["http"].as_array().into_iter().flatten() {
-            let route_name = route["name"].as_str().unwrap_or("?");
-            for matcher in route["match"].as_array().into_iter().flatten() {
-                if let Some(port) = matcher["port"].as_u64() {
-                    if !mesh_ports.contains(&port) {
-                        problems.push(format!("{}: route '{route_name}' matches port {port}, which its hosts do not expose", vs.file));
-                    }
-                }
-                if let Some(headers) = matcher["headers"].as_object() {
-                    for (header, condition) in headers {
-                        let Some((tag_header, groups)) = &release else {
-                            problems.push(format!("{}: route '{route_name}' matches a header but the WasmPlugin embeds no release policy", vs.file));
-                            continue;
-                        };
-                        if header != tag_header {
-                            problems.push(format!("{}: route '{route_name}' matches header '{header}', not the release tag '{tag_header}'", vs.file));
-                        }
-                        if let Some(group) = condition["exact"].as_str() {
-                            if !groups.iter().any(|g| g == group) {
-                                problems.push(format!("{}: route '{route_name}' matches group '{group}', not one of {groups:?}", vs.file));
-                            }
-                        }
-                    }
-                }
+        for (header, condition) in matcher["headers"].as_object().into_iter().flatten() {
+            let Some((tag_header, groups)) = release else {
+                problems.push(format!(
+                    "{}: route '{route_name}' matches a header but the WasmPlugin embeds no release policy",
+                    vs.file
+                ));
+                continue;
+            };
+            if header != tag_header {
+                problems.push(format!(
+                    "{}: route '{route_name}' matches header '{header}', not the release tag '{tag_header}'",
+                    vs.file
+                ));
             }
-            for destination in route["route"].as_array().into_iter().flatten() {
-                let destination = &destination["destination"];
-                let host = destination["host"].as_str().unwrap_or("");
-                let Some(service) = service_for_host(manifests, host, ns) else {
+            if let Some(group) = condition["exact"].as_str() {
+                if !groups.iter().any(|g| g == group) {
                     problems.push(format!(
-                        "{}: route '{route_name}' sends to '{host}', which names no Service",
+                        "{}: route '{route_name}' matches group '{group}', not one of {groups:?}",
                         vs.file
                     ));
-                    continue;
-                };
-                if let Some(port) = destination["port"]["number"].as_u64() {
-                    if !service_ports(&service.doc)
-                        .iter()
-                        .any(|p| p["port"].as_u64() == Some(port))
-                    {
-                        problems.push(format!("{}: route '{route_name}' sends to port {port}, which Service {} does not expose", vs.file, name(&service.doc)));
-                    }
-                }
-                if let Some(subset) = destination["subset"].as_str() {
-                    let key = (
-                        namespace(&service.doc).to_owned(),
-                        name(&service.doc).to_owned(),
-                    );
-                    if !subsets_by_service
-                        .get(&key)
-                        .is_some_and(|s| s.contains(subset))
-                    {
-                        problems.push(format!("{}: route '{route_name}' uses subset '{subset}', which no DestinationRule for {} defines", vs.file, name(&service.doc)));
-                    }
                 }
             }
         }
     }
+    problems
+}
 
-    // The release groups are exactly the push service's subsets.
-    if let Some((_, groups)) = &release {
-        let groups: BTreeSet<String> = groups.iter().cloned().collect();
-        if !subsets_by_service
-            .values()
-            .any(|subsets| subsets == &groups)
-        {
+/// A route's destinations: a Service, one of its ports, a subset a
+/// DestinationRule defines for it.
+fn route_destination_problems(mesh: &Mesh, vs: &Manifest, route: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let route_name = route["name"].as_str().unwrap_or("?");
+    for destination in route["route"].as_array().into_iter().flatten() {
+        let destination = &destination["destination"];
+        let host = destination["host"].as_str().unwrap_or("");
+        let Some(service) = mesh.service_for_host(host, namespace(&vs.doc)) else {
             problems.push(format!(
-                "wasm plugin: release groups {groups:?} are not the subsets of any DestinationRule ({subsets_by_service:?})"
+                "{}: route '{route_name}' sends to '{host}', which names no Service",
+                vs.file
             ));
+            continue;
+        };
+        if let Some(port) = destination["port"]["number"].as_u64() {
+            if !service_ports(&service.doc)
+                .iter()
+                .any(|p| p["port"].as_u64() == Some(port))
+            {
+                problems.push(format!(
+                    "{}: route '{route_name}' sends to port {port}, which Service {} does not expose",
+                    vs.file,
+                    name(&service.doc)
+                ));
+            }
+        }
+        if let Some(subset) = destination["subset"].as_str() {
+            if !mesh
+                .subsets
+                .get(&service_key(service))
+                .is_some_and(|s| s.contains(subset))
+            {
+                problems.push(format!(
+                    "{}: route '{route_name}' uses subset '{subset}', which no DestinationRule for {} defines",
+                    vs.file,
+                    name(&service.doc)
+                ));
+            }
         }
     }
+    problems
+}
 
-    // WasmPlugin: module pinned, control plane cluster is a Service gRPC port.
-    for plugin in manifests.iter().filter(|m| kind(&m.doc) == "WasmPlugin") {
+/// The release groups the WasmPlugin embeds are exactly the push service's
+/// subsets.
+fn release_group_problems(mesh: &Mesh) -> Vec<String> {
+    let Some((_, groups)) = wasm_release(mesh.manifests) else {
+        return Vec::new();
+    };
+    let groups: BTreeSet<String> = groups.into_iter().collect();
+    if mesh.subsets.values().any(|subsets| subsets == &groups) {
+        return Vec::new();
+    }
+    vec![format!(
+        "wasm plugin: release groups {groups:?} are not the subsets of any DestinationRule ({:?})",
+        mesh.subsets
+    )]
+}
+
+/// WasmPlugin: module pinned, one kind of target, and the control plane's and
+/// the limiter's clusters.
+fn wasm_plugin_problems(mesh: &Mesh) -> Vec<String> {
+    let mut problems = Vec::new();
+    for plugin in mesh.of_kind("WasmPlugin") {
         let spec = &plugin.doc["spec"];
         let sha = spec["sha256"].as_str().unwrap_or("");
         if sha.len() != 64
@@ -599,11 +764,7 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
                 plugin.file
             ));
         }
-        // The control plane's and the limiter's clusters are Services' gRPC
-        // ports, named as Istio names them.
-        let limiter_deployed = all_workloads
-            .iter()
-            .any(|w| w.pod_labels.get("app").map(String::as_str) == Some("sidestream-limiter"));
+        let limiter_deployed = mesh.apps("sidestream-limiter").next().is_some();
         for (label, field, service_part) in [
             ("control plane", "controlPlane", "control-plane"),
             ("limiter", "limiter", "limiter"),
@@ -619,43 +780,70 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
                 continue;
             }
             let cluster = config["cluster"].as_str().unwrap_or("");
-            let parts: Vec<&str> = cluster.split('|').collect();
-            match parts.as_slice() {
-                ["outbound", port, "", host] => {
-                    let port: u64 = port.parse().unwrap_or(0);
-                    match host.strip_suffix(".svc.cluster.local").and_then(|h| h.split_once('.')) {
-                        Some((svc, svc_ns)) => match find(manifests, "Service", svc_ns, svc) {
-                            Some(service) => {
-                                let port_spec = service_ports(&service.doc).into_iter().find(|p| p["port"].as_u64() == Some(port));
-                                match port_spec {
-                                    Some(p) if is_grpc_port(p) => {}
-                                    Some(_) => problems.push(format!("{}: {label} cluster port {port} of Service {svc} is not declared gRPC (HTTP/2)", plugin.file)),
-                                    None => problems.push(format!("{}: {label} cluster port {port} is not a port of Service {svc}", plugin.file)),
-                                }
-                                if !svc.contains(service_part) {
-                                    problems.push(format!("{}: {label} cluster names Service {svc}, not the {label}", plugin.file));
-                                }
-                            }
-                            None => problems.push(format!("{}: {label} cluster '{cluster}' names no Service", plugin.file)),
-                        },
-                        None => problems.push(format!("{}: {label} cluster host '{host}' is not <service>.<namespace>.svc.cluster.local", plugin.file)),
-                    }
-                }
-                _ => problems.push(format!(
-                    "{}: {label} cluster '{cluster}' is not an Istio cluster name outbound|<port>||<service FQDN>",
-                    plugin.file
-                )),
-            }
+            problems.extend(
+                plugin_cluster_problems(mesh, cluster, label, service_part)
+                    .into_iter()
+                    .map(|problem| format!("{}: {problem}", plugin.file)),
+            );
         }
     }
+    problems
+}
 
-    // The limiter: ready only while Redis answers, alive while it runs, and a
-    // lease with a unit (the daemon refuses a bare number).
-    for w in all_workloads
-        .iter()
-        .filter(|w| w.pod_labels.get("app").map(String::as_str) == Some("sidestream-limiter"))
+/// A cluster the WasmPlugin names (the control plane's or the limiter's) is
+/// a gRPC port of the right Service, named as Istio names it:
+/// `outbound|<port>||<service>.<namespace>.svc.cluster.local`.
+fn plugin_cluster_problems(
+    mesh: &Mesh,
+    cluster: &str,
+    label: &str,
+    service_part: &str,
+) -> Vec<String> {
+    let parts: Vec<&str> = cluster.split('|').collect();
+    let ["outbound", port, "", host] = parts.as_slice() else {
+        return vec![format!(
+            "{label} cluster '{cluster}' is not an Istio cluster name outbound|<port>||<service FQDN>"
+        )];
+    };
+    let port: u64 = port.parse().unwrap_or(0);
+    let Some((svc, svc_ns)) = host
+        .strip_suffix(".svc.cluster.local")
+        .and_then(|h| h.split_once('.'))
+    else {
+        return vec![format!(
+            "{label} cluster host '{host}' is not <service>.<namespace>.svc.cluster.local"
+        )];
+    };
+    let Some(service) = mesh.find("Service", svc_ns, svc) else {
+        return vec![format!("{label} cluster '{cluster}' names no Service")];
+    };
+    let mut problems = Vec::new();
+    match service_ports(&service.doc)
+        .into_iter()
+        .find(|p| p["port"].as_u64() == Some(port))
     {
-        for container in w.pod_spec["containers"].as_array().into_iter().flatten() {
+        Some(p) if is_grpc_port(p) => {}
+        Some(_) => problems.push(format!(
+            "{label} cluster port {port} of Service {svc} is not declared gRPC (HTTP/2)"
+        )),
+        None => problems.push(format!(
+            "{label} cluster port {port} is not a port of Service {svc}"
+        )),
+    }
+    if !svc.contains(service_part) {
+        problems.push(format!(
+            "{label} cluster names Service {svc}, not the {label}"
+        ));
+    }
+    problems
+}
+
+/// The limiter: ready only while Redis answers, alive while it runs, and a
+/// lease with a unit (the daemon refuses a bare number).
+fn limiter_problems(mesh: &Mesh) -> Vec<String> {
+    let mut problems = Vec::new();
+    for w in mesh.apps("sidestream-limiter") {
+        for container in w.containers() {
             for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
                 if container[probe]["httpGet"]["path"].as_str() != Some(path) {
                     problems.push(format!(
@@ -667,10 +855,7 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
             let lease = strings(&container["args"])
                 .into_iter()
                 .find_map(|arg| arg.strip_prefix("--lease="));
-            if !lease.is_some_and(|l| {
-                l.trim_end().ends_with(|c: char| c.is_ascii_alphabetic())
-                    && duration_secs(l).is_some()
-            }) {
+            if !lease.is_some_and(|l| has_unit(l) && duration_secs(l).is_some()) {
                 problems.push(format!(
                     "{}: the limiter's --lease ({lease:?}) must be set, with a unit",
                     w.file
@@ -678,16 +863,20 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
             }
         }
     }
+    problems
+}
 
-    // HPAs and PDBs point at something.
-    for hpa in manifests
-        .iter()
-        .filter(|m| kind(&m.doc) == "HorizontalPodAutoscaler")
-    {
+/// HPAs and PDBs point at something.
+fn scaling_problems(mesh: &Mesh) -> Vec<String> {
+    let mut problems = Vec::new();
+    for hpa in mesh.of_kind("HorizontalPodAutoscaler") {
         let target = &hpa.doc["spec"]["scaleTargetRef"];
         let target_kind = target["kind"].as_str().unwrap_or("");
         let target_name = target["name"].as_str().unwrap_or("");
-        if find(manifests, target_kind, namespace(&hpa.doc), target_name).is_none() {
+        if mesh
+            .find(target_kind, namespace(&hpa.doc), target_name)
+            .is_none()
+        {
             problems.push(format!(
                 "{}: scaleTargetRef {target_kind} '{target_name}' does not exist",
                 hpa.file
@@ -697,27 +886,24 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
             problems.push(format!("{}: minReplicas above maxReplicas", hpa.file));
         }
     }
-    for pdb in manifests
-        .iter()
-        .filter(|m| kind(&m.doc) == "PodDisruptionBudget")
-    {
+    for pdb in mesh.of_kind("PodDisruptionBudget") {
         let selector = labels(&pdb.doc["spec"]["selector"]["matchLabels"]);
-        if selected(&all_workloads, namespace(&pdb.doc), &selector).is_empty() {
+        if mesh.selected(namespace(&pdb.doc), &selector).is_empty() {
             problems.push(format!(
                 "{}: selector {selector:?} matches no workload",
                 pdb.file
             ));
         }
     }
+    problems
+}
 
-    // AuthorizationPolicies: selector, ports, principals.
-    for policy in manifests
-        .iter()
-        .filter(|m| kind(&m.doc) == "AuthorizationPolicy")
-    {
-        let ns = namespace(&policy.doc);
+/// AuthorizationPolicies: selector, ports, principals.
+fn authorization_policy_problems(mesh: &Mesh) -> Vec<String> {
+    let mut problems = Vec::new();
+    for policy in mesh.of_kind("AuthorizationPolicy") {
         let selector = labels(&policy.doc["spec"]["selector"]["matchLabels"]);
-        let targets = selected(&all_workloads, ns, &selector);
+        let targets = mesh.selected(namespace(&policy.doc), &selector);
         if targets.is_empty() {
             problems.push(format!(
                 "{}: selector {selector:?} matches no workload",
@@ -728,7 +914,7 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
             for to in rule["to"].as_array().into_iter().flatten() {
                 for port in strings(&to["operation"]["ports"]) {
                     let port: u64 = port.parse().unwrap_or(0);
-                    if !targets.iter().all(|w| w.ports.values().any(|p| *p == port)) {
+                    if !targets.iter().all(|w| w.declares_port(port)) {
                         problems.push(format!(
                             "{}: port {port} is not a container port of the selected workloads",
                             policy.file
@@ -738,38 +924,42 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
             }
             for from in rule["from"].as_array().into_iter().flatten() {
                 for principal in strings(&from["source"]["principals"]) {
-                    let Some(rest) = principal.strip_prefix("cluster.local/ns/") else {
-                        continue;
-                    };
-                    if let Some((p_ns, account)) = rest.split_once("/sa/") {
-                        if namespaces.contains(p_ns)
-                            && p_ns != "istio-system"
-                            && find(manifests, "ServiceAccount", p_ns, account).is_none()
-                        {
-                            problems.push(format!(
-                                "{}: principal '{principal}' names no ServiceAccount",
-                                policy.file
-                            ));
-                        }
+                    if !principal_exists(mesh, principal) {
+                        problems.push(format!(
+                            "{}: principal '{principal}' names no ServiceAccount",
+                            policy.file
+                        ));
                     }
                 }
             }
         }
     }
+    problems
+}
 
-    // The push servers: health probes, and a grace period longer than every drain.
-    for w in all_workloads
-        .iter()
-        .filter(|w| w.pod_labels.get("app").map(String::as_str) == Some("sidestream-push"))
-    {
-        let m = manifests
-            .iter()
-            .find(|m| m.file == w.file)
-            .expect("workload manifest");
+/// Whether a principal `cluster.local/ns/<ns>/sa/<account>` in a namespace
+/// created here names a ServiceAccount (others are not ours to check).
+fn principal_exists(mesh: &Mesh, principal: &str) -> bool {
+    let Some((p_ns, account)) = principal
+        .strip_prefix("cluster.local/ns/")
+        .and_then(|rest| rest.split_once("/sa/"))
+    else {
+        return true;
+    };
+    !mesh.namespaces.contains(p_ns)
+        || p_ns == "istio-system"
+        || mesh.find("ServiceAccount", p_ns, account).is_some()
+}
+
+/// The push servers: health probes, and a grace period longer than every
+/// drain (the push server's and the sidecar's).
+fn push_server_problems(mesh: &Mesh) -> Vec<String> {
+    let mut problems = Vec::new();
+    for w in mesh.apps("sidestream-push") {
         let grace = w.pod_spec["terminationGracePeriodSeconds"]
             .as_f64()
             .unwrap_or(30.0);
-        for container in w.pod_spec["containers"].as_array().into_iter().flatten() {
+        for container in w.containers() {
             for (probe, path) in [
                 ("livenessProbe", "/healthz/live"),
                 ("readinessProbe", "/healthz/ready"),
@@ -783,9 +973,7 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
                     .or_else(|| arg.strip_prefix("--drain-timeout="))
             });
             // The push server refuses a duration without a unit.
-            let with_unit =
-                drain.filter(|d| d.trim_end().ends_with(|c: char| c.is_ascii_alphabetic()));
-            match with_unit.and_then(duration_secs) {
+            match drain.filter(|d| has_unit(d)).and_then(duration_secs) {
                 Some(drain) if drain < grace => {}
                 _ => problems.push(format!(
                     "{}: the push server's --drain-grace ({drain:?}) must be set, with a unit, and shorter than terminationGracePeriodSeconds {grace}",
@@ -793,11 +981,15 @@ fn cross_reference_problems(manifests: &[Manifest]) -> Vec<String> {
                 )),
             }
         }
-        let proxy_config = m.doc["spec"]["template"]["metadata"]["annotations"]
+        let proxy_config = w.doc["spec"]["template"]["metadata"]["annotations"]
             ["proxy.istio.io/config"]
             .as_str()
             .and_then(|text| serde_json::from_str::<Value>(text).ok());
-        match proxy_config.as_ref().and_then(|c| c["terminationDrainDuration"].as_str()).and_then(duration_secs) {
+        let proxy_drain = proxy_config
+            .as_ref()
+            .and_then(|c| c["terminationDrainDuration"].as_str())
+            .and_then(duration_secs);
+        match proxy_drain {
             Some(proxy_drain) if proxy_drain < grace => {}
             other => problems.push(format!(
                 "{}: the sidecar's terminationDrainDuration ({other:?} s) must be set and shorter than terminationGracePeriodSeconds {grace}",
