@@ -1,7 +1,8 @@
 //! The filter's handling of a request's header map, through the fake host of
 //! its unit tests: trace context (W3C and B3), release colouring (header,
 //! cookie, tenant and percent rules, sticky cookie, client tags) and stream
-//! limits (shared data), then the response side and the end of the stream.
+//! limits (shared data, and the limiter's answers for mesh-scoped ones), then
+//! the response side and the end of the stream.
 //! Any header names and values, any failing host calls; the filter never
 //! panics, and with a working host every request leaves with a valid
 //! `traceparent` and the matched policy's tag header naming one of its groups.
@@ -9,7 +10,9 @@
 //! Input: up to 4 requests on one Envoy, each a `%` line with options
 //! (`source=<ip:port>`, `nosource`, `fail=<host call>,...`, `elapsed=<ns>`
 //! since the previous request, `end`: the stream ends before the next
-//! request) and then `name: value` header lines. Without a `%` line the
+//! request, `answer=<grpc status>,<hex body>`: the limiter's answer to the
+//! Acquire of a mesh-scoped stream, paths under `/mesh`) and then
+//! `name: value` header lines. Without a `%` line the
 //! whole input is one request.
 #![no_main]
 
@@ -32,6 +35,7 @@ use sidestream_filter::vm::VmState;
 const BOOTSTRAP: &str = r#"{
   "nodeId": "fuzz",
   "failMode": "open",
+  "limiter": { "cluster": "sidestream-limiter" },
   "defaults": {
     "trace": {
       "enabled": true,
@@ -77,6 +81,16 @@ const BOOTSTRAP: &str = r#"{
         "maxConcurrent": 2,
         "failMode": "open"
       },
+      "mesh-streams": {
+        "match": { "hosts": ["*"], "pathPrefixes": ["/mesh"] },
+        "priority": 20,
+        "key": { "source": "header", "name": "x-tenant-id" },
+        "newStreamsPerSecond": 5,
+        "burst": 2,
+        "maxConcurrent": 2,
+        "scope": "mesh",
+        "mesh": { "fallback": "local", "timeoutMs": 50 }
+      },
       "grpc-streams": {
         "match": { "hosts": ["*"], "pathPrefixes": ["/"] },
         "priority": 5,
@@ -91,8 +105,10 @@ const BOOTSTRAP: &str = r#"{
 }"#;
 
 /// Host calls that can be made to fail.
-const CALLS: [&str; 8] = [
+const CALLS: [&str; 10] = [
     "request_headers",
+    "dispatch_grpc_call",
+    "now_nanos",
     "set_request_header",
     "add_response_header",
     "send_http_response",
@@ -104,6 +120,8 @@ const CALLS: [&str; 8] = [
 
 /// One request's options (its `%` line).
 struct Options<'a> {
+    /// The limiter's answer to a paused request: gRPC status and body.
+    answer: Option<(u32, Vec<u8>)>,
     source: Option<&'a str>,
     failing: Vec<&'static str>,
     elapsed: u64,
@@ -112,6 +130,7 @@ struct Options<'a> {
 
 fn options(line: &str) -> Options<'_> {
     let mut options = Options {
+        answer: None,
         source: Some("192.0.2.7:40000"),
         failing: Vec::new(),
         elapsed: 1_000_000,
@@ -129,6 +148,10 @@ fn options(line: &str) -> Options<'_> {
             ),
             "elapsed" => options.elapsed = value.parse().unwrap_or(0),
             "end" => options.ends = true,
+            "answer" => {
+                let (status, body) = value.split_once(',').unwrap_or((value, ""));
+                options.answer = Some((status.parse().unwrap_or(0), hex(body)));
+            }
             _ => {}
         }
     }
@@ -176,6 +199,22 @@ fuzz_target!(|data: &[u8]| {
         if options.failing.is_empty() {
             check(&host, &vm, &headers, verdict);
         }
+        if verdict == Verdict::Pause {
+            // The limiter answers the Acquire the request waits for.
+            let token = host.grpc_calls.borrow().last().map(|call| call.token);
+            if let (Some(token), Some((status, body))) = (token, &options.answer) {
+                flow.on_limiter_answer(&host, &vm, token, *status, body);
+                let local = host.local_response.borrow().clone();
+                match local {
+                    Some(LocalResponse::Http { status, .. }) => {
+                        assert!(status == 429 || status == 503, "status {status}")
+                    }
+                    Some(LocalResponse::Grpc { .. }) => {}
+                    None if options.failing.is_empty() => check_release(&host, &vm, &headers),
+                    None => {}
+                }
+            }
+        }
         if options.ends {
             flow.on_stream_end(&host, &vm);
             flow.on_stream_end(&host, &vm);
@@ -183,6 +222,18 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// Bytes from hex digits (pairs; anything else ends them).
+fn hex(text: &str) -> Vec<u8> {
+    text.as_bytes()
+        .chunks(2)
+        .map_while(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .collect()
+}
 
 /// What a request that met a working host leaves with.
 fn check(host: &FakeHost, vm: &VmState, sent: &[(&str, &str)], verdict: Verdict) {
@@ -205,8 +256,15 @@ fn check(host: &FakeHost, vm: &VmState, sent: &[(&str, &str)], verdict: Verdict)
         matches!(valid, Some(Ok(_))),
         "traceparent {traceparent:?} after the filter"
     );
-    // The policy that matched wrote one of its groups; with none matching,
-    // the untrusted tag header is gone.
+    // A paused request is coloured when the limiter's answer resumes it.
+    if verdict == Verdict::Continue {
+        check_release(host, vm, sent);
+    }
+}
+
+/// The policy that matched wrote one of its groups; with none matching, the
+/// untrusted tag header is gone.
+fn check_release(host: &FakeHost, vm: &VmState, sent: &[(&str, &str)]) {
     let request = RequestHeaders::from_pairs(
         sent.iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
