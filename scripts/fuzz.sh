@@ -6,6 +6,8 @@
 #   scripts/fuzz.sh [--smoke] [target...]       (default: every target)
 #
 #   FUZZ_SECONDS=60      how long each target runs (--smoke: FUZZ_SMOKE_SECONDS=5)
+#   FUZZ_RUNS            stop a target after this many executions (within FUZZ_SECONDS)
+#   FUZZ_BUILD=1         0: run the targets as last built (no cargo fuzz build)
 #   FUZZ_JOBS=1          targets run at the same time
 #   FUZZ_SANITIZER=none  cargo fuzz's --sanitizer (none, address, ...); the
 #                        project's own code has no unsafe, so the fuzzers look
@@ -70,14 +72,17 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 bin_dir="$target_dir/$triple/release"
 
 started=$(date +%s)
-echo "fuzz: building ${#targets[@]} targets (sanitizer $sanitizer)"
 mkdir -p "$root/fuzz/target"
-# Every target at once: they share their dependencies' build.
-cargo fuzz build "${build_args[@]}" >"$root/fuzz/target/build.log" 2>&1 || {
-  cat "$root/fuzz/target/build.log" >&2
-  exit 1
-}
-echo "fuzz: built in $(( $(date +%s) - started )) s; running each for ${seconds} s"
+if [ "${FUZZ_BUILD:-1}" != 0 ]; then
+  echo "fuzz: building ${#targets[@]} targets (sanitizer $sanitizer)"
+  # Every target at once: they share their dependencies' build.
+  cargo fuzz build "${build_args[@]}" >"$root/fuzz/target/build.log" 2>&1 || {
+    cat "$root/fuzz/target/build.log" >&2
+    exit 1
+  }
+  echo "fuzz: built in $(( $(date +%s) - started )) s"
+fi
+echo "fuzz: running each target for ${seconds} s${FUZZ_RUNS:+ or $FUZZ_RUNS executions}"
 
 logs="$root/fuzz/target/logs"
 mkdir -p "$logs"
@@ -89,6 +94,7 @@ run_one() {
   local args=(-max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048
               -artifact_prefix="$root/fuzz/artifacts/$target/")
   [ -f "$root/fuzz/dict/$target.dict" ] && args+=(-dict="$root/fuzz/dict/$target.dict")
+  [ -n "${FUZZ_RUNS:-}" ] && args+=(-runs="$FUZZ_RUNS")
   mkdir -p "$corpus" "$root/fuzz/artifacts/$target"
   local dirs=("$corpus")
   [ -d "$seeds" ] && dirs+=("$seeds")
