@@ -51,7 +51,7 @@ async fn run(chunk: usize, sent: &[u8]) {
     let (Ok(mut client), Ok((server, _))) = (client, accepted) else {
         panic!("no loopback connection");
     };
-    // Closed with a reset, so a long run leaves no TIME_WAIT behind.
+    // Closed with a reset (zero linger).
     let _ = client.set_zero_linger();
     let writes = async {
         let size = if chunk == 0 { sent.len().max(1) } else { chunk };
@@ -66,10 +66,13 @@ async fn run(chunk: usize, sent: &[u8]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let (detection, ()) = tokio::join!(detect(server, deadline, Duration::from_secs(1)), writes);
     let ours = sent.starts_with(b"GET /v1/events");
+    // The server's side closes after the client's reset (below), so a long
+    // run leaves no TIME_WAIT behind.
+    let mut server_side: Option<Box<dyn std::any::Any>> = None;
     match detection {
         Detection::DirectSse(stream, _request) => {
             assert!(ours, "served directly: {:?}", String::from_utf8_lossy(sent));
-            drop(stream);
+            server_side = Some(Box::new(stream));
         }
         Detection::Hyper(mut rewind, protocol) => {
             assert_eq!(
@@ -92,6 +95,7 @@ async fn run(chunk: usize, sent: &[u8]) {
                 replayed.len(),
                 sent.len()
             );
+            server_side = Some(Box::new(rewind));
         }
         Detection::BadRequest => {
             assert!(ours, "refused: {:?}", String::from_utf8_lossy(sent));
@@ -107,4 +111,6 @@ async fn run(chunk: usize, sent: &[u8]) {
         Detection::TimedOut => panic!("timed out, yet the client closed"),
         Detection::Closed => assert!(sent.is_empty(), "closed after {} bytes", sent.len()),
     }
+    drop(client);
+    drop(server_side);
 }
