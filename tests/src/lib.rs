@@ -14,6 +14,7 @@ pub mod otlp;
 pub mod process;
 pub mod push;
 pub mod redis;
+pub mod soak;
 pub mod stack;
 pub mod tls;
 pub mod trace_context;
