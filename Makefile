@@ -7,12 +7,13 @@ WASM_IMAGE := target/wasm-image/sidestream-filter.oci.tar
 # Where the filter's image will be pushed (make wasm-image IMAGE=...).
 IMAGE ?= example.invalid/sidestream/sidestream-filter:0.1.0
 
-.PHONY: istio-sha wasm-image help deps deps-run deps-bench deps-fuzz fuzz fuzz-smoke filter build lint test unit-test integration-test run bench schema clean
+.PHONY: istio-sha wasm-image help deps deps-run deps-bench deps-fuzz fuzz fuzz-smoke soak filter build lint test unit-test integration-test run bench schema clean
 
 help:
 	@echo "make run    start the whole stack on loopback (etcd, control plane, Redis, limiter, push servers, Envoy + filter)"
 	@echo "make test   install what is missing, build everything, run every test"
 	@echo "make bench  run the benchmarks and rewrite BENCHMARKS.md"
+	@echo "make soak   the whole stack under load while every process is killed at random, SOAK_SECONDS (default 600)"
 	@echo "make fuzz   run every fuzz target for FUZZ_SECONDS (default 60) and print executions and coverage"
 	@echo "make filter build the Wasm filter to $(WASM)"
 	@echo "make wasm-image [IMAGE=registry/repository:tag]"
@@ -63,6 +64,14 @@ fuzz: deps-fuzz
 
 fuzz-smoke:
 	scripts/fuzz.sh --smoke
+
+## The soak (tests/tests/soak.rs; make test runs it for 60 s): publishing,
+## subscribers on SSE, WebSocket and gRPC coming and going, config changes,
+## and every process SIGKILLed and restarted at random for SOAK_SECONDS;
+## SOAK_SEED replays a run's kills, SOAK_REDIS_AOF=0 runs Redis without
+## persistence (resets instead of history). See docs/operations.md.
+soak: deps build
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} cargo test -p sidestream-tests --test soak -- --nocapture
 
 run: deps-run filter
 	cargo build --release --workspace --bins
