@@ -1152,9 +1152,18 @@ async fn readiness_fails_while_the_backlog_is_above_its_limit() {
         .text()
         .await
         .unwrap();
+    // The gauge shows the backlog readiness refused on: above the limit (5),
+    // and no more than the 300 deliveries published.
+    let backlog: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("sidestream_push_backlog_messages "))
+        .unwrap_or_else(|| panic!("no sidestream_push_backlog_messages in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
     assert!(
-        !metrics.contains("sidestream_push_backlog_messages 0\n"),
-        "{metrics}"
+        backlog > 5.0 && backlog <= 300.0,
+        "sidestream_push_backlog_messages {backlog}, expected above the limit 5 and at most 300"
     );
 
     drop(idle);

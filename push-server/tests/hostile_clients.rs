@@ -376,12 +376,16 @@ async fn a_slowloris_head_is_cut_at_the_head_deadline_even_after_the_hand_off_to
         let started = Instant::now();
         let mut stream = TcpStream::connect(&server.addr).await.unwrap();
         let bytes = big_head.as_bytes();
+        // Before the last of the 8 KiB is written, the server cannot have
+        // handed the connection to hyper.
+        let mut handed_off_after = Duration::ZERO;
         for piece in bytes[..8 * 1024].chunks(512) {
+            handed_off_after = started.elapsed();
             stream.write_all(piece).await.unwrap();
             tokio::time::sleep(deadline / 24).await;
         }
         let answer = trickle(&mut stream, &bytes[8 * 1024..]).await;
-        (answer, started.elapsed())
+        (answer, started.elapsed(), Some(handed_off_after))
     };
     // A publish head trickled from its first byte: hyper's from the start.
     let slow_publish = async {
@@ -389,7 +393,7 @@ async fn a_slowloris_head_is_cut_at_the_head_deadline_even_after_the_hand_off_to
         let mut stream = TcpStream::connect(&server.addr).await.unwrap();
         let head = b"POST /v1/topics/s/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi";
         let answer = trickle(&mut stream, head).await;
-        (answer, started.elapsed())
+        (answer, started.elapsed(), None)
     };
     // The direct path's own: an SSE head that never ends.
     let slow_sse = async {
@@ -398,10 +402,10 @@ async fn a_slowloris_head_is_cut_at_the_head_deadline_even_after_the_hand_off_to
         let mut endless = b"GET /v1/events?topic=s HTTP/1.1\r\nhost: x\r\nx-long: ".to_vec();
         endless.extend(std::iter::repeat_n(b'y', 4096));
         let answer = trickle(&mut stream, &endless).await;
-        (answer, started.elapsed())
+        (answer, started.elapsed(), None)
     };
     let results = tokio::join!(slow_big, slow_publish, slow_sse);
-    for (name, (answer, elapsed)) in [
+    for (name, (answer, elapsed, handed_off_after)) in [
         ("head above 8 KiB", results.0),
         ("publish", results.1),
         ("sse", results.2),
@@ -409,9 +413,23 @@ async fn a_slowloris_head_is_cut_at_the_head_deadline_even_after_the_hand_off_to
         assert!(answer.starts_with("HTTP/1.1 408 "), "{name}: {answer}");
         assert!(answer.contains("\"request_timeout\""), "{name}: {answer}");
         assert!(elapsed >= deadline, "{name}: answered after {elapsed:?}");
+        let answered_by = match handed_off_after {
+            // A deadline restarted by hyper starts at the hand-off at the
+            // earliest and answers a whole deadline later; the carried one
+            // answers before that, however slow this machine is.
+            Some(handed_off_after) => handed_off_after + deadline,
+            // Hyper's own deadline from the first byte, or the direct path's:
+            // at the deadline, with room for a loaded machine.
+            None => deadline * 2,
+        };
         assert!(
-            elapsed < deadline + Duration::from_millis(1500),
-            "{name}: answered after {elapsed:?}, not at the {deadline:?} deadline"
+            elapsed < answered_by,
+            "{name}: answered after {elapsed:?}, not at the {deadline:?} deadline (due by {answered_by:?}{})",
+            if handed_off_after.is_some() {
+                ", when a deadline restarted at the hand-off would answer"
+            } else {
+                ""
+            }
         );
     }
     assert_eq!(
