@@ -1,7 +1,8 @@
 //! Spans over OTLP, received by a real OTLP/gRPC receiver on loopback
 //! (`sidestream_tests::otlp`): one message's trace from the publish through
 //! Envoy (the filter stamping the traceparent) to its delivery, a
-//! subscription's life, gRPC publish continuing its caller's context, a
+//! subscription's life, gRPC publish continuing its caller's context, delivery
+//! on another node (through Redis) under the publish span, a
 //! config change from etcd to the data plane's ACK, and nothing at all with
 //! export off.
 
@@ -16,6 +17,7 @@ use sidestream_proto::push::v1::PublishRequest;
 use sidestream_tests::envoy::Envoy;
 use sidestream_tests::etcd::Etcd;
 use sidestream_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use sidestream_tests::redis::Redis;
 use sidestream_tests::{assert_eventually, binary, free_port, run_dir, wait_http_ok, Proc};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -44,6 +46,10 @@ struct Push {
 
 impl Push {
     async fn start(name: &str, dir: &Path, env: &[(&str, &str)]) -> Push {
+        Push::start_with(name, dir, &[], env).await
+    }
+
+    async fn start_with(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Push {
         let http = free_port().unwrap();
         let grpc = free_port().unwrap();
         let mut command = Command::new(binary("sidestream-push").unwrap());
@@ -51,6 +57,7 @@ impl Push {
             .args(["--listen", &format!("127.0.0.1:{http}")])
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
             .args(["--node-id", name, "--publish-auth", "open"])
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         for variable in OTEL_VARIABLES {
@@ -299,6 +306,80 @@ async fn one_message_is_one_trace_from_the_publish_through_envoy_to_its_delivery
     let log = push.proc.log();
     assert!(log.contains("Exporting spans over OTLP"), "{log}");
     assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
+}
+
+#[tokio::test]
+async fn a_message_delivered_by_another_node_is_delivered_under_its_publish_span() {
+    let dir = run_dir("otlp-redis").unwrap();
+    let receiver = OtlpReceiver::start(0).await.unwrap();
+    let redis = Redis::start(&dir).await.unwrap();
+    let endpoint = receiver.endpoint();
+    let broker = ["--broker", &redis.url()];
+    let publisher = Push::start_with(
+        "push-a",
+        &dir,
+        &broker,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "push-a"),
+        ],
+    )
+    .await;
+    let deliverer = Push::start_with(
+        "push-b",
+        &dir,
+        &broker,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "push-b"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let mut sse = http
+        .get(deliverer.url("/v1/events?topic=across"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    assert_eventually!(WAIT, "subscribed on push-b", async {
+        anyhow::ensure!(deliverer.subscribers("across").await? == 1);
+        Ok(())
+    });
+    let published = http
+        .post(publisher.url("/v1/topics/across/messages"))
+        .header(
+            "traceparent",
+            "00-7d3f0c9e1a2b4c5d8e9f0a1b2c3d4e5f-1122334455667788-01",
+        )
+        .body("across nodes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201);
+    read_until(&mut sse, "across nodes").await.unwrap();
+    let trace = "7d3f0c9e1a2b4c5d8e9f0a1b2c3d4e5f";
+    let (publish, deliver) = assert_eventually!(WAIT, "publish on a, deliver on b", async {
+        let spans = receiver.spans();
+        let publish = find(&spans, trace, "publish")?.clone();
+        let deliver = find(&spans, trace, "deliver")?.clone();
+        Ok((publish, deliver))
+    });
+    assert_eq!(publish.service, "push-a");
+    assert_eq!(publish.parent_span_id, "1122334455667788");
+    // The publish span's context went through Redis with the message.
+    assert_eq!(deliver.service, "push-b");
+    assert_eq!(deliver.parent_span_id, publish.span_id);
+    assert_eq!(deliver.attribute("subscribers"), Some("1"));
+    assert_eq!(deliver.attribute("delivered"), Some("1"));
+    // push-a has no subscriber of the topic: no fan-out, no deliver span.
+    let spans = receiver.spans();
+    let delivers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace && s.name == "deliver")
+        .map(|s| s.service.as_str())
+        .collect();
+    assert_eq!(delivers, ["push-b"]);
 }
 
 #[tokio::test]
