@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sidestream_proto::config::v1::config_discovery_client::ConfigDiscoveryClient;
-use sidestream_proto::config::v1::{ConfigRequest, ConfigResponse, Node};
+use sidestream_proto::config::v1::{ConfigRequest, ConfigResponse, ErrorDetail, Node};
 use sidestream_proto::push::v1::push_client::PushClient;
 use sidestream_proto::push::v1::PublishRequest;
 use sidestream_tests::envoy::Envoy;
@@ -574,6 +574,50 @@ async fn a_config_change_is_one_trace_from_etcd_to_the_data_planes_ack() {
     assert_eq!(validate.attribute("changed"), Some("true"));
     assert_eq!(validate.attribute("rejections"), Some("0"));
     assert!(validate.end_unix_nanos <= trace.end_unix_nanos);
+
+    // A data plane that rejects a change: a `nack` event with its error.
+    etcd.put("/sidestream/v1/topics/ticker", r#"{"historySize": 30}"#)
+        .unwrap();
+    let rejected = client.next().await;
+    client
+        .requests
+        .send(ConfigRequest {
+            version_info: change.version_info.clone(),
+            response_nonce: rejected.nonce.clone(),
+            error_detail: Some(ErrorDetail {
+                message: "cannot apply: test says no".to_owned(),
+            }),
+            ..ConfigRequest::default()
+        })
+        .await
+        .unwrap();
+    let trace = assert_eventually!(WAIT, "the rejected change's trace", async {
+        receiver
+            .spans()
+            .into_iter()
+            .find(|s| {
+                s.name == "config.revision"
+                    && s.attribute("version") == Some(&rejected.version_info)
+            })
+            .ok_or_else(|| anyhow::anyhow!("no config.revision span for {}", rejected.version_info))
+    });
+    assert_eq!(trace.attribute("outcome"), Some("converged"));
+    assert_eq!(trace.attribute("acks"), Some("0"));
+    assert_eq!(trace.attribute("nacks"), Some("1"));
+    let nacks: Vec<_> = trace
+        .events
+        .iter()
+        .filter(|(name, _)| name == "nack")
+        .collect();
+    assert_eq!(nacks.len(), 1, "{:?}", trace.events);
+    assert_eq!(
+        nacks[0].1.get("node").map(String::as_str),
+        Some("push-traced")
+    );
+    assert_eq!(
+        nacks[0].1.get("error").map(String::as_str),
+        Some("cannot apply: test says no")
+    );
 }
 
 #[test]
