@@ -231,3 +231,6 @@ impl RevisionTraces {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -348,3 +348,6 @@ pub use opentelemetry::KeyValue as Attribute;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(feature = "testing")]
+pub mod testing;
