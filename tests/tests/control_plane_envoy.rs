@@ -180,6 +180,14 @@ async fn all_to(envoy: &Envoy, upstream: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Times the filter reopened its config stream, over all its VMs.
+async fn config_stream_reconnects(envoy: &Envoy) -> anyhow::Result<i64> {
+    Ok(envoy
+        .stat("wasmcustom.sidestream.config_stream_reconnects")
+        .await?
+        .unwrap_or(0))
+}
+
 #[tokio::test]
 async fn etcd_keys_drive_envoy_live_and_envoy_survives_the_control_plane() {
     let dir = run_dir("cp-envoy").unwrap();
@@ -233,10 +241,24 @@ async fn etcd_keys_drive_envoy_live_and_envoy_survives_the_control_plane() {
     all_to(&envoy, "canary").await.unwrap();
 
     // Control plane killed: Envoy keeps its last good config and keeps serving.
+    let reconnects_before = config_stream_reconnects(&envoy).await.unwrap();
     cp.proc.kill();
     etcd.put(RELEASE_KEY, &release(0)).unwrap();
     all_to(&envoy, "canary").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every VM's stream (two workers and the main thread) closed and was
+    // opened again against the dead control plane: still the last good config.
+    assert_eventually!(
+        WAIT,
+        "each filter stream retried the dead control plane",
+        async {
+            let reconnects = config_stream_reconnects(&envoy).await?;
+            anyhow::ensure!(
+                reconnects >= reconnects_before + 3,
+                "{reconnects} reconnects ({reconnects_before} before the kill)"
+            );
+            Ok(())
+        }
+    );
     all_to(&envoy, "canary").await.unwrap();
 
     // Restarted: the filter reconnects and converges on what etcd says now.
