@@ -168,7 +168,102 @@ impl SubscriptionSpan {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use sidestream_telemetry::testing::capture;
+
     use super::*;
+    use crate::hub::Hub;
+    use crate::message::{Epoch, MessageId};
+    use crate::metrics::Metrics;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn message(seq: u64, traceparent: Option<String>) -> Arc<Message> {
+        Arc::new(Message::new(
+            Arc::from("t"),
+            MessageId {
+                epoch: Epoch(1),
+                seq,
+            },
+            None,
+            bytes::Bytes::from_static(b"x"),
+            0,
+            traceparent.map(String::into_boxed_str),
+        ))
+    }
+
+    #[test]
+    fn one_deliver_span_per_fan_out_under_the_carried_publish_span() {
+        let ((publish, carried, second), spans) = capture(|| {
+            let publish = server_span("publish", Some(PARENT), None);
+            let carried = carried_traceparent(&publish, Some(PARENT.to_owned()));
+            let publish_id = sidestream_telemetry::traceparent(&publish);
+            drop(publish);
+            let hub = Hub::new(Arc::new(Metrics::new()));
+            let topic: Arc<str> = Arc::from("t");
+            let mut streams = Vec::new();
+            for capacity in [10, 10, 1] {
+                let (handle, rx, key) = hub.open_stream(Transport::Sse, capacity, 1 << 20, None);
+                let sub = hub.subscribe(&topic, &handle);
+                streams.push((handle, rx, key, sub));
+            }
+            assert_eq!(hub.dispatch(&message(1, None)), 3);
+            // The third queue is full now: cut.
+            let second = message(2, carried.clone());
+            assert_eq!(hub.dispatch(&second), 2);
+            (publish_id, carried, second.id.to_string())
+        });
+        // The publish span hands on its own context, in the same trace.
+        let carried = carried.unwrap();
+        assert_eq!(Some(&carried), publish.as_ref());
+        assert_eq!(trace_id(&carried), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_ne!(&carried[36..52], "00f067aa0ba902b7");
+        let delivers: Vec<_> = spans.iter().filter(|s| s.name == "deliver").collect();
+        assert_eq!(delivers.len(), 2, "{spans:#?}");
+        // Without a carried context the fan-out is a trace of its own.
+        assert_eq!(delivers[0].parent_span_id, "0000000000000000");
+        assert_eq!(delivers[0].attribute("delivered"), Some("3"));
+        let deliver = delivers[1];
+        assert_eq!(deliver.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(deliver.parent_span_id, &carried[36..52]);
+        assert_eq!(deliver.attribute("messaging.destination.name"), Some("t"));
+        assert_eq!(
+            deliver.attribute("messaging.message.id"),
+            Some(second.as_str())
+        );
+        assert_eq!(deliver.attribute("subscribers"), Some("3"));
+        assert_eq!(deliver.attribute("delivered"), Some("2"));
+        assert_eq!(deliver.attribute("dropped"), Some("1"));
+    }
+
+    #[test]
+    fn a_subscription_span_counts_messages_and_keeps_the_first_close_reason() {
+        let ((), spans) = capture(|| {
+            let mut span = SubscriptionSpan::open(Transport::WebSocket);
+            let message = Event::Message {
+                index: 0,
+                message: message(1, None),
+            };
+            span.observe(Some(&message));
+            span.observe(Some(&Event::Live { index: 0 }));
+            span.observe(Some(&message));
+            span.observe(Some(&Event::SlowConsumer));
+            span.observe(None);
+            span.close(2);
+            let mut quiet = SubscriptionSpan::open(Transport::Grpc);
+            quiet.close(1);
+        });
+        let [cut, quiet] = spans.as_slice() else {
+            panic!("two spans: {spans:#?}");
+        };
+        assert_eq!(cut.attribute("transport"), Some("websocket"));
+        assert_eq!(cut.attribute("delivered"), Some("2"));
+        assert_eq!(cut.attribute("topics"), Some("2"));
+        assert_eq!(cut.attribute("close_reason"), Some("slow-consumer"));
+        assert_eq!(quiet.attribute("delivered"), Some("0"));
+        assert_eq!(quiet.attribute("close_reason"), Some("client-closed"));
+    }
 
     #[test]
     fn keeps_valid_parents_only() {
