@@ -3,7 +3,7 @@
 # binaries and the filter). Results: bench/out/results/*.json|txt, plots:
 # bench/results/*.svg, report: BENCHMARKS.md (filled from bench/BENCHMARKS.md.in).
 #
-#   scripts/bench.sh [--smoke] [filter] [propagation] [push] [report]
+#   scripts/bench.sh [--smoke] [filter] [propagation] [push] [mesh] [report]
 #
 # No benchmark names = all of them, then the report. --smoke = seconds-long
 # runs with a few connections, to check the harness, not to measure.
@@ -36,6 +36,10 @@
 #   PUSH_PAYLOAD_BYTES [128]    message data size
 #   PUSH_OTLP_SUBSCRIBERS [2000] PUSH_OTLP_STEPS ["10:30"]  the tracing-overhead fan-out
 #   PUSHPIN_MESSAGE_RATE [1000000] PUSHPIN_MESSAGE_HWM [1000000]
+#   MESH_RATES ["200 1000"]     stream opens/s over two Envoys, mesh- vs Envoy-scoped policy
+#   MESH_SECONDS [20]           per open-rate measurement (after 3 s of warm-up)
+#   MESH_STORM [5000]           opens of the reconnect storm over three Envoys
+#   MESH_STORM_LIMIT [1000]     the storm policy's burst (no refill to speak of)
 set -euo pipefail
 shopt -u patsub_replacement 2>/dev/null || true
 cd "$(dirname "$0")/.."
@@ -46,12 +50,12 @@ what=()
 for arg in "$@"; do
   case "$arg" in
     --smoke) smoke=1 ;;
-    filter|propagation|push|report) what+=("$arg") ;;
+    filter|propagation|push|mesh|report) what+=("$arg") ;;
     -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
-    *) echo "bench: unknown argument '$arg' (filter, propagation, push, report, --smoke)" >&2; exit 64 ;;
+    *) echo "bench: unknown argument '$arg' (filter, propagation, push, mesh, report, --smoke)" >&2; exit 64 ;;
   esac
 done
-[ ${#what[@]} -gt 0 ] || what=(filter propagation push report)
+[ ${#what[@]} -gt 0 ] || what=(filter propagation push mesh report)
 
 TARGET=${CARGO_TARGET_DIR:-target}
 case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
@@ -80,6 +84,8 @@ P_PUSHPIN_PUSH_IN=$((B + 283)) P_PUSHPIN_PUSH_IN_SUB=$((B + 284)) P_PUSHPIN_COMM
 P_CP_GRPC=$((B + 300)) P_CP_ADMIN=$((B + 301))
 P_OTLP=$((B + 95))
 P_ETCD=$((B + 379)) P_ETCD_PEER=$((B + 380))
+P_MESH_REDIS=$((B + 330)) P_MESH_LIMITER=$((B + 331)) P_MESH_LIMITER_ADMIN=$((B + 332))
+P_MESH_ENVOY=$((B + 340))  # three Envoys: listener base+340+2i, admin base+341+2i
 
 if [ "$smoke" = 1 ]; then
   FILTER_SECONDS=${FILTER_SECONDS:-2} FILTER_ROUNDS=${FILTER_ROUNDS:-1}
@@ -88,6 +94,7 @@ if [ "$smoke" = 1 ]; then
   PUSH_IDLE=${PUSH_IDLE:-300} PUSH_SUBSCRIBERS=${PUSH_SUBSCRIBERS:-200}
   PUSH_STEPS=${PUSH_STEPS:-2:2,5:2} PUSH_SWEEP=${PUSH_SWEEP:-100 200}
   PUSH_SWEEP_SECONDS=${PUSH_SWEEP_SECONDS:-2}
+  MESH_SECONDS=${MESH_SECONDS:-2} MESH_STORM=${MESH_STORM:-500} MESH_STORM_LIMIT=${MESH_STORM_LIMIT:-100}
   PUSH_OTLP_SUBSCRIBERS=${PUSH_OTLP_SUBSCRIBERS:-100} PUSH_OTLP_STEPS=${PUSH_OTLP_STEPS:-5:2}
 fi
 FILTER_SECONDS=${FILTER_SECONDS:-30}
@@ -111,6 +118,10 @@ PUSH_OTLP_SUBSCRIBERS=${PUSH_OTLP_SUBSCRIBERS:-2000}
 PUSH_OTLP_STEPS=${PUSH_OTLP_STEPS:-10:30}
 PUSHPIN_MESSAGE_RATE=${PUSHPIN_MESSAGE_RATE:-1000000}
 PUSHPIN_MESSAGE_HWM=${PUSHPIN_MESSAGE_HWM:-1000000}
+MESH_RATES=${MESH_RATES:-200 1000}
+MESH_SECONDS=${MESH_SECONDS:-20}
+MESH_STORM=${MESH_STORM:-5000}
+MESH_STORM_LIMIT=${MESH_STORM_LIMIT:-1000}
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -579,6 +590,113 @@ bench_push() {
   done
 }
 
+# -------------------------------------------------------------------- mesh
+# Mesh-wide stream limits (issue 9): Redis, one sidestream-limiter, and three
+# Envoys (2 workers each) from envoy-config/mesh.yaml in front of the echo
+# upstream, the tenant policy mesh-scoped or (for comparison) Envoy-scoped.
+mesh_envoy_config() { # scope index : writes $RUN/envoy-mesh-<scope>-<i>.yaml
+  python3 - "$ROOT/envoy-config/mesh.yaml" "$RUN/envoy-mesh-$1-$2.yaml" "$1" \
+    "$((P_MESH_ENVOY + 2 * $2))" "$((P_MESH_ENVOY + 2 * $2 + 1))" "$P_UPSTREAM_STABLE" "$P_UPSTREAM_CANARY" \
+    "$P_MESH_LIMITER" "$SIDESTREAM_WASM" "$MESH_STORM_LIMIT" <<'EOF'
+import json, sys, yaml
+src, out, scope, listen, admin, stable, canary, limiter, wasm, storm_limit = sys.argv[1:]
+c = yaml.safe_load(open(src))
+c["admin"]["address"]["socket_address"]["port_value"] = int(admin)
+listener = c["static_resources"]["listeners"][0]
+listener["address"]["socket_address"]["port_value"] = int(listen)
+wasm_cfg = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"]
+wasm_cfg["vm_config"]["code"]["local"]["filename"] = wasm
+boot = json.loads(wasm_cfg["configuration"]["value"])
+mesh = {"scope": "mesh", "mesh": {"fallback": "local", "timeoutMs": 50}} if scope == "mesh" else {"scope": "envoy"}
+# The open-rate runs: mesh.yaml's tenant policy with limits no run reaches,
+# so every open is admitted and the time is the decision's; the storm: a
+# burst with no refill to speak of, so the admitted count is the limit.
+tenant = dict(boot["defaults"]["streamLimits"]["tenant-streams"])
+tenant.pop("mesh", None)
+tenant.update(newStreamsPerSecond=1000000, burst=1000000, maxConcurrent=1000000, **mesh)
+boot["defaults"]["streamLimits"] = {
+    "tenant-streams": tenant,
+    "storm": {"match": {"pathPrefixes": ["/storm/"]}, "priority": 10, "streamKinds": ["sse"],
+              "key": {"source": "header", "name": "x-tenant-id"},
+              "newStreamsPerSecond": 0.001, "burst": int(storm_limit), **mesh},
+}
+wasm_cfg["configuration"]["value"] = json.dumps(boot)
+for cl in c["static_resources"]["clusters"]:
+    port = {"stable": stable, "canary": canary, "sidestream-limiter": limiter}.get(cl["name"])
+    if port:
+        cl["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] = int(port)
+json.dump(c, open(out, "w"), indent=1)
+EOF
+}
+
+redis_calls() { # : "<command calls> <EVAL/EVALSHA calls>" since Redis started, INFO left out
+  redis-cli -p "$P_MESH_REDIS" info commandstats | tr -d '\r' | awk -F'[:=,]' '
+    /^cmdstat_/ { name = $1; sub("cmdstat_", "", name); if (name == "info") next;
+                  all += $3; if (name ~ /^eval/) scripts += $3 }
+    END { print all + 0, scripts + 0 }'
+}
+
+mesh_fallbacks() { # : mesh fallbacks (timeout, error, unavailable) counted by the three Envoys so far
+  local i total=0 n
+  for i in 0 1 2; do
+    n=$(curl -fsS "http://127.0.0.1:$((P_MESH_ENVOY + 2 * i + 1))/stats?filter=wasmcustom.sidestream.mesh_fallback_" |
+      awk -F': ' '{ s += $2 } END { print s + 0 }')
+    total=$((total + n))
+  done
+  echo "$total"
+}
+
+bench_mesh() {
+  log "mesh benchmark: Redis, sidestream-limiter, three Envoys (2 workers) from envoy-config/mesh.yaml"
+  [ -f "$SIDESTREAM_WASM" ] || die "no sidestream filter at $SIDESTREAM_WASM"
+  [ -x "$SERVER_BIN/sidestream-limiter" ] || die "missing $SERVER_BIN/sidestream-limiter (cargo build --release --bins)"
+  python3 -c 'import yaml' 2>/dev/null || die "python3-yaml is missing (scripts/install-deps.sh bench)"
+  rm -f "$RESULTS"/mesh-*
+  ports_free "$P_MESH_REDIS" "$P_MESH_LIMITER" "$P_MESH_LIMITER_ADMIN" "$P_UPSTREAM_STABLE" "$P_UPSTREAM_CANARY" \
+    $(seq "$P_MESH_ENVOY" "$((P_MESH_ENVOY + 5))")
+  start mesh-redis redis-server --bind 127.0.0.1 --port "$P_MESH_REDIS" --save "" --appendonly no
+  local i
+  for i in $(seq 1 100); do redis-cli -p "$P_MESH_REDIS" ping >/dev/null 2>&1 && break; alive mesh-redis; sleep 0.1; done
+  start mesh-limiter "$SERVER_BIN/sidestream-limiter" --listen "127.0.0.1:$P_MESH_LIMITER" \
+    --admin-listen "127.0.0.1:$P_MESH_LIMITER_ADMIN" --redis "redis://127.0.0.1:$P_MESH_REDIS"
+  wait_http mesh-limiter "http://127.0.0.1:$P_MESH_LIMITER_ADMIN/readyz"
+  start mesh-upstream "$BENCH" --threads 1 upstream --mode echo \
+    --listen "127.0.0.1:$P_UPSTREAM_STABLE" --listen "127.0.0.1:$P_UPSTREAM_CANARY"
+  local scope rate before after fallbacks
+  for scope in envoy mesh; do
+    for i in 0 1 2; do
+      mesh_envoy_config "$scope" "$i"
+      start "mesh-envoy-$i" envoy -c "$RUN/envoy-mesh-$scope-$i.yaml" --concurrency 2 --disable-hot-restart --log-level warn
+    done
+    for i in 0 1 2; do wait_http "mesh-envoy-$i" "http://127.0.0.1:$((P_MESH_ENVOY + 2 * i + 1))/ready" 60; done
+    local two=(--target "127.0.0.1:$P_MESH_ENVOY" --target "127.0.0.1:$((P_MESH_ENVOY + 2))")
+    for rate in $MESH_RATES; do
+      log "mesh: $scope-scoped policy, $rate opens/s over two Envoys for ${MESH_SECONDS}s"
+      before=$(redis_calls) fallbacks=$(mesh_fallbacks)
+      "$BENCH" opens "${two[@]}" --tenant "rate-$scope-$rate" --rate "$rate" --duration "$MESH_SECONDS" \
+        --warmup 3 --connections 32 --label "$scope-$rate" --out "$RESULTS/mesh-$scope-$rate.json" >/dev/null
+      after=$(redis_calls)
+      echo "$before $after" >"$RESULTS/mesh-$scope-$rate-redis.txt"
+      echo $(($(mesh_fallbacks) - fallbacks)) >"$RESULTS/mesh-$scope-$rate-fallbacks.txt"
+      for i in 0 1 2; do alive "mesh-envoy-$i"; done
+    done
+    log "mesh: $scope-scoped policy, a storm of $MESH_STORM opens over three Envoys against a burst of $MESH_STORM_LIMIT"
+    fallbacks=$(mesh_fallbacks)
+    "$BENCH" opens "${two[@]}" --target "127.0.0.1:$((P_MESH_ENVOY + 4))" --path /storm/events \
+      --tenant "storm-$scope" --count "$MESH_STORM" --connections 96 --label "$scope-storm" \
+      --out "$RESULTS/mesh-$scope-storm.json" >/dev/null
+    echo $(($(mesh_fallbacks) - fallbacks)) >"$RESULTS/mesh-$scope-storm-fallbacks.txt"
+    echo "$MESH_STORM_LIMIT" >"$RESULTS/mesh-storm-limit.txt"
+    for i in 0 1 2; do
+      curl -fsS "http://127.0.0.1:$((P_MESH_ENVOY + 2 * i + 1))/stats?filter=wasmcustom.sidestream.mesh" \
+        >"$RESULTS/mesh-$scope-envoy-$i-stats.txt" || true
+      stop "mesh-envoy-$i"
+    done
+  done
+  curl -fsS "http://127.0.0.1:$P_MESH_LIMITER_ADMIN/metrics" >"$RESULTS/mesh-limiter-metrics.txt" || true
+  stop mesh-upstream mesh-limiter mesh-redis
+}
+
 # ------------------------------------------------------------------ report
 report() {
   "$BENCH" report --results "$RESULTS" --svg-dir bench/results --template bench/BENCHMARKS.md.in --markdown BENCHMARKS.md
@@ -590,6 +708,7 @@ for w in "${what[@]}"; do
     filter) conditions filter; bench_filter ;;
     propagation) conditions propagation; bench_propagation ;;
     push) conditions push; bench_push ;;
+    mesh) conditions mesh; bench_mesh ;;
     report) report ;;
   esac
 done

@@ -31,7 +31,8 @@ for p in "${profiles[@]}"; do
     build|run|fuzz) ;;
     # skopeo and docker-registry: the filter's OCI image read back and pushed (tests/tests/wasm_image.rs)
     test) apt_pkgs+=(chromium chromium-driver skopeo docker-registry); pip_pkgs+=(kubernetes-validate); npm_dirs+=(tests/istio-crds) ;;
-    bench) apt_pkgs+=(wrk nghttp2-client libnginx-mod-nchan nginx-light pushpin) ;;
+    # python3-yaml: the mesh benchmark renders envoy-config/mesh.yaml with other ports
+    bench) apt_pkgs+=(wrk nghttp2-client libnginx-mod-nchan nginx-light pushpin python3-yaml) ;;
     *) echo "install-deps: unknown profile '$p' (build, test, run, bench, fuzz)" >&2; exit 64 ;;
   esac
 done

@@ -12,6 +12,7 @@ pub mod histogram;
 pub mod http1;
 pub mod latency;
 pub mod memory;
+pub mod mesh;
 pub mod otlp_sink;
 pub mod propagation;
 pub mod publish;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use sidestream_bench::{fanout, latency, memory, otlp_sink, propagation, report, upstream};
+use sidestream_bench::{fanout, latency, memory, mesh, otlp_sink, propagation, report, upstream};
 
 #[derive(Parser)]
 #[command(version, about = "sidestream's benchmark harness (see BENCHMARKS.md)")]
@@ -35,6 +35,8 @@ enum Cmd {
     Hold(memory::HoldArgs),
     /// etcd put → applied by every filter instance.
     Propagation(propagation::PropagationArgs),
+    /// Stream opens of one tenant through Envoys (mesh-wide limits).
+    Opens(mesh::OpensArgs),
     /// An OTLP/gRPC trace receiver that counts spans (the tracing-overhead run).
     OtlpSink(otlp_sink::OtlpSinkArgs),
     /// Plots and BENCHMARKS.md from a results folder.
@@ -93,6 +95,11 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
             let r = otlp_sink::run(args).await?;
             eprintln!("otlp-sink: {} spans in {} requests", r.spans, r.requests);
             Ok(())
+        }
+        Cmd::Opens(args) => {
+            let out = args.out.clone();
+            let r = mesh::run(args).await?;
+            emit(out, &r)
         }
         Cmd::Report(args) => report::run(&args),
         Cmd::Rss { pids } => {

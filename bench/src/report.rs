@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::Value;
 
+mod mesh;
 mod plots;
 
 /// Filter variants in report order: (file name part, label).
@@ -115,6 +116,8 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ("{{FANOUT_SATURATION_TABLE}}", saturation_table(&results)),
         ("{{FANOUT_LATENCY_TABLE}}", sweep_table(&results)),
         ("{{OTLP_OVERHEAD_TABLE}}", otlp_table(&results)),
+        ("{{MESH_OPEN_TABLE}}", mesh::open_table(&args.results)),
+        ("{{MESH_STORM_TABLE}}", mesh::storm_table(&args.results)),
         (
             "{{FANOUT_PLOTS}}",
             figure("push-throughput.svg", "fan-out throughput")
