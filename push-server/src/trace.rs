@@ -5,6 +5,7 @@ use sidestream_core::trace::parse_traceparent;
 
 use crate::message::Message;
 use crate::metrics::Transport;
+use crate::session::{TokenEnd, TokenEvent};
 use crate::subscription::Event;
 
 /// The `traceparent` header, re-serialised, when it is valid (W3C Level 1).
@@ -91,6 +92,10 @@ pub enum CloseReason {
     SlowConsumer,
     /// The stream's source ended.
     Ended,
+    /// Its subscription token expired (and was not renewed in time).
+    TokenExpired,
+    /// Its subscription token was revoked.
+    TokenRevoked,
 }
 
 impl CloseReason {
@@ -100,6 +105,8 @@ impl CloseReason {
             CloseReason::Drain => "drain",
             CloseReason::SlowConsumer => "slow-consumer",
             CloseReason::Ended => "ended",
+            CloseReason::TokenExpired => "token-expired",
+            CloseReason::TokenRevoked => "token-revoked",
         }
     }
 }
@@ -141,6 +148,12 @@ impl SubscriptionSpan {
             Some(Event::Message { .. }) => self.delivered += 1,
             Some(Event::Drain { .. }) => self.close_reason(CloseReason::Drain),
             Some(Event::SlowConsumer) => self.close_reason(CloseReason::SlowConsumer),
+            Some(Event::Token(TokenEvent::Ended(TokenEnd::Expired))) => {
+                self.close_reason(CloseReason::TokenExpired);
+            }
+            Some(Event::Token(TokenEvent::Ended(TokenEnd::Revoked))) => {
+                self.close_reason(CloseReason::TokenRevoked);
+            }
             // Other events do not end the stream by themselves; a transport
             // ending it for another cause says so with `close_reason`.
             Some(_) => {}
@@ -253,10 +266,14 @@ mod tests {
             span.close(2);
             let mut quiet = SubscriptionSpan::open(Transport::Grpc);
             quiet.close(1);
+            let mut expired = SubscriptionSpan::open(Transport::Sse);
+            expired.observe(Some(&Event::Token(TokenEvent::Ended(TokenEnd::Expired))));
+            expired.close(1);
         });
-        let [cut, quiet] = spans.as_slice() else {
-            panic!("two spans: {spans:#?}");
+        let [cut, quiet, expired] = spans.as_slice() else {
+            panic!("three spans: {spans:#?}");
         };
+        assert_eq!(expired.attribute("close_reason"), Some("token-expired"));
         assert_eq!(cut.attribute("transport"), Some("websocket"));
         assert_eq!(cut.attribute("delivered"), Some("2"));
         assert_eq!(cut.attribute("topics"), Some("2"));
