@@ -6,7 +6,8 @@
 //! that turns `tracing` spans into OpenTelemetry spans and exports them in
 //! batches over OTLP/gRPC. Export is off unless `--otlp-endpoint`,
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` names
-//! a collector. The OpenTelemetry SDK reads the other standard variables
+//! a collector (and `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`
+//! do not say otherwise). The OpenTelemetry SDK reads the other standard variables
 //! itself: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (the service
 //! name defaults to the daemon's), `OTEL_TRACES_SAMPLER` and
 //! `OTEL_TRACES_SAMPLER_ARG` (default `parentbased_always_on`: a trace the
@@ -100,8 +101,17 @@ pub enum Export {
 }
 
 impl Export {
-    /// The flag first, then the standard variables (`lookup` reads the environment).
+    /// The flag first, then the standard variables (`lookup` reads the
+    /// environment); `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`
+    /// turn export off whatever else says.
     pub fn choose(args: &TraceArgs, lookup: impl Fn(&str) -> Option<String>) -> Export {
+        let disabled = lookup("OTEL_SDK_DISABLED")
+            .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"))
+            || lookup("OTEL_TRACES_EXPORTER")
+                .is_some_and(|value| value.trim().eq_ignore_ascii_case("none"));
+        if disabled {
+            return Export::Off;
+        }
         if let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
             return Export::Otlp(Some(endpoint.to_owned()));
         }

@@ -24,7 +24,7 @@ fn export_is_off_unless_an_endpoint_is_named() {
     let flag = TraceArgs {
         otlp_endpoint: Some("http://127.0.0.1:4317".into()),
     };
-    let rows: [(&TraceArgs, Vars, Export); 6] = [
+    let rows: [(&TraceArgs, Vars, Export); 8] = [
         (&none, &[], Export::Off),
         (&none, &[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")], Export::Off),
         (&none, &[("OTEL_SERVICE_NAME", "push")], Export::Off),
@@ -42,6 +42,15 @@ fn export_is_off_unless_an_endpoint_is_named() {
             &flag,
             &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4317")],
             Export::Otlp(Some("http://127.0.0.1:4317".into())),
+        ),
+        (&flag, &[("OTEL_SDK_DISABLED", "TRUE")], Export::Off),
+        (
+            &none,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_TRACES_EXPORTER", "none"),
+            ],
+            Export::Off,
         ),
     ];
     for (args, vars, expected) in rows {
