@@ -163,12 +163,18 @@ impl RootContext for SidestreamRoot {
             return false;
         }
         log::info!(
-            "sidestream: configured (node {}, control plane {})",
+            "sidestream: configured (node {}, control plane {}, limiter {})",
             vm.bootstrap.node_id,
             vm.bootstrap
                 .control_plane
                 .as_ref()
-                .map_or("none: embedded defaults only", |cp| cp.cluster.as_str())
+                .map_or("none: embedded defaults only", |cp| cp.cluster.as_str()),
+            vm.bootstrap
+                .limiter
+                .as_ref()
+                .map_or("none: mesh-scoped policies fall back", |l| l
+                    .cluster
+                    .as_str())
         );
         self.vm = Some(vm);
         true
