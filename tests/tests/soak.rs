@@ -43,15 +43,15 @@ const TOPICS: [&str; 4] = ["soak-a", "soak-b", "soak-c", "soak-d"];
 const ENVOY_CONCURRENCY: u32 = 2;
 
 /// RSS bounds (MiB) per process kind, checked against the peak of every
-/// sample of every incarnation. Debug builds of our daemons; Envoy and etcd
-/// as packaged.
+/// sample of every incarnation: about three times what a 600 s run peaked at
+/// (docs/operations.md), so growth shows and noise does not. Debug builds of
+/// our daemons; Envoy and etcd as packaged.
 fn rss_bound_mib(name: &str) -> u64 {
     match name {
-        n if n.starts_with("etcd") => 256,
-        "redis" => 128,
-        "limiter" => 96,
-        "control-plane" => 96,
-        n if n.starts_with("push") => 160,
+        n if n.starts_with("etcd") => 160,
+        "redis" => 64,
+        "limiter" | "control-plane" => 64,
+        n if n.starts_with("push") => 96,
         "envoy" => 320,
         _ => 64,
     }
@@ -1067,38 +1067,32 @@ async fn every_process_killed_and_nothing_lost() {
     println!("\n| subscriber | topics | sessions | left and resumed | broken and resumed | delivered | resets | reset-covered | lost | duplicates | other faults |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     let mut totals = Verdict::default();
+    let mut republished = 0usize;
+    let mut reset_reasons: BTreeMap<String, u64> = BTreeMap::new();
     for sub in &subs {
         let mut row = Verdict::default();
         let mut faults = Vec::new();
         for (i, topic) in sub.topics.iter().enumerate() {
-            let verdict = ledger::check(&sub.start[i], &sub.seen[i], &published[topic].published);
+            let mut verdict =
+                ledger::check(&sub.start[i], &sub.seen[i], &published[topic].published);
+            // Without persistence a restarted Redis has forgotten the
+            // idempotency keys too: a publish retried across it may be stored
+            // twice. Expected there (and counted); a fault with the AOF.
+            if !settings.redis_aof {
+                republished += std::mem::take(&mut verdict.republished).len();
+            }
             if !verdict.is_clean() {
                 problems.push(format!(
                     "{} on {topic}: {verdict}\n    sequence: {}",
                     sub.name,
                     ledger::summarize(&sub.start[i], &sub.seen[i])
                 ));
-                if verdict.behind > 0 {
-                    faults.push(format!("{topic}: {} behind", verdict.behind));
-                }
-                if verdict.skipped_unacknowledged > 0 {
-                    faults.push(format!(
-                        "{topic}: {} unacknowledged skipped",
-                        verdict.skipped_unacknowledged
-                    ));
-                }
-                if !verdict.out_of_order.is_empty()
-                    || !verdict.corrupt.is_empty()
-                    || verdict.unannounced_epochs > 0
-                {
-                    faults.push(format!("{topic}: see below"));
-                }
+                faults.push(format!("{topic}: {verdict}"));
             }
-            for reason in sub.seen[i].iter().filter_map(|s| match s {
-                Seen::Reset { reason, .. } => Some(reason.as_str()),
-                Seen::Message { .. } => None,
-            }) {
-                println!("  reset on {} / {topic}: {reason}", sub.name);
+            for item in &sub.seen[i] {
+                if let Seen::Reset { reason, .. } = item {
+                    *reset_reasons.entry(reason.clone()).or_insert(0u64) += 1;
+                }
             }
             row.delivered += verdict.delivered;
             row.resets += verdict.resets;
@@ -1150,6 +1144,14 @@ async fn every_process_killed_and_nothing_lost() {
         totals.reset_covered,
         totals.duplicates.len()
     );
+    if !reset_reasons.is_empty() {
+        println!("resets by reason: {reset_reasons:?}");
+    }
+    if !settings.redis_aof {
+        println!(
+            "published twice across a Redis restart (idempotency key forgotten): {republished}"
+        );
+    }
 
     println!("\n| process | kills | starts | peak RSS (MiB) | bound (MiB) |");
     println!("| --- | ---: | ---: | ---: | ---: |");

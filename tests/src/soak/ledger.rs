@@ -13,7 +13,7 @@
 //!   position past it: missed, but told.
 //! - **duplicate**: a message id delivered to the same subscriber twice.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// A message id `<epoch>-<seq>` (or a position: `<epoch>-0` is "before the
@@ -163,6 +163,9 @@ pub struct Verdict {
     /// Published messages after the subscriber's last position (it did not
     /// catch up before the end).
     pub behind: u64,
+    /// Messages whose data came before under another id: one publish stored
+    /// twice (its retry was not recognised by its idempotency key).
+    pub republished: Vec<Id>,
 }
 
 impl Verdict {
@@ -175,6 +178,7 @@ impl Verdict {
             && self.unannounced_epochs == 0
             && self.corrupt.is_empty()
             && self.behind == 0
+            && self.republished.is_empty()
     }
 }
 
@@ -194,6 +198,10 @@ impl fmt::Display for Verdict {
             ("duplicated", &self.duplicates),
             ("out of order", &self.out_of_order),
             ("altered", &self.corrupt),
+            (
+                "published twice (the same data under another id)",
+                &self.republished,
+            ),
         ] {
             if !ids.is_empty() {
                 parts.push(format!("{} {what} ({})", ids.len(), few(ids)));
@@ -228,6 +236,7 @@ pub fn check(start: &Id, seen: &[Seen], published: &Published) -> Verdict {
     let mut verdict = Verdict::default();
     let mut cursor = start.clone();
     let mut delivered: HashSet<Id> = HashSet::new();
+    let mut data_seen: HashMap<&str, &Id> = HashMap::new();
     // A reset to epoch 0 ("0-0", before any epoch: the server found the
     // topic without one, e.g. Redis came back empty) says delivery goes on
     // with the first message of the next epoch, whose start the client is
@@ -270,6 +279,12 @@ pub fn check(start: &Id, seen: &[Seen], published: &Published) -> Verdict {
                 if let Some(expected) = published.data(id) {
                     if expected != data {
                         verdict.corrupt.push(id.clone());
+                    }
+                }
+                match data_seen.get(data.as_str()) {
+                    Some(first) if *first != id => verdict.republished.push(id.clone()),
+                    _ => {
+                        data_seen.insert(data, id);
                     }
                 }
                 verdict.delivered += 1;
@@ -461,6 +476,18 @@ mod tests {
         );
         assert_eq!(v.skipped_unacknowledged, 1);
         assert!(v.lost.is_empty());
+        assert!(!v.is_clean());
+
+        // a-6 published twice: its retry stored it again as a-7.
+        let mut p = Published::default();
+        p.push(id("a-6"), "same".into());
+        p.push(id("a-7"), "same".into());
+        let same = |text| Seen::Message {
+            id: id(text),
+            data: "same".into(),
+        };
+        let v = check(&id("a-5"), &[same("a-6"), same("a-7")], &p);
+        assert_eq!(v.republished, vec![id("a-7")]);
         assert!(!v.is_clean());
     }
 
