@@ -48,6 +48,8 @@ pub struct MeshClient {
     schedule: RefCell<SyncSchedule>,
     /// The Sync in flight (its token and when it was sent), if any.
     sync_in_flight: Cell<Option<(u32, u64)>>,
+    /// When this instance last sent a Release.
+    last_release: Cell<Option<u64>>,
 }
 
 impl MeshClient {
@@ -61,6 +63,7 @@ impl MeshClient {
             held: RefCell::new(HeldStreams::default()),
             schedule: RefCell::new(SyncSchedule::default()),
             sync_in_flight: Cell::new(None),
+            last_release: Cell::new(None),
         }
     }
 
@@ -119,6 +122,11 @@ impl MeshClient {
         .encode_to_vec()
     }
 
+    /// A Release was sent at `now` (a Sync due meanwhile waits for it).
+    pub fn release_sent(&self, now: u64) {
+        self.last_release.set(Some(now));
+    }
+
     /// An encoded Release of one stream of (policy, key).
     pub fn release_request(&self, policy: &str, key: &str) -> Vec<u8> {
         ReleaseRequest {
@@ -144,7 +152,8 @@ impl MeshClient {
             }
             self.sync_in_flight.set(None);
         }
-        if !self.schedule.borrow_mut().due(now) || self.held.borrow().is_empty() {
+        let due = self.schedule.borrow_mut().due(now, self.last_release.get());
+        if !due || self.held.borrow().is_empty() {
             return;
         }
         let holdings: Vec<Holding> = self

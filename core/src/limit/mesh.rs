@@ -263,9 +263,18 @@ pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(5);
 /// The shortest Sync period, whatever the lease.
 pub const MIN_SYNC_PERIOD: Duration = Duration::from_millis(100);
 
+/// How long a Release is taken to be on its way to the limiter.
+pub const RELEASE_SETTLE: Duration = Duration::from_millis(200);
+
 /// When an instance sends its Sync: every third of the lease the limiter
 /// last said ([`DEFAULT_SYNC_PERIOD`] until it said one), so two Syncs can be
 /// lost before a live instance's slots expire.
+///
+/// A Sync states counts after the Releases the instance sent; one that the
+/// limiter applies before such a Release would have that Release taken off
+/// once more. So a due Sync waits while a Release was sent within
+/// [`RELEASE_SETTLE`], for at most half a period (then it goes anyway: a
+/// stream of Releases must not starve the lease).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncSchedule {
     lease: Option<Duration>,
@@ -306,12 +315,19 @@ impl SyncSchedule {
             .max(MIN_SYNC_PERIOD)
     }
 
-    /// Whether a Sync is due at `now`; if so, schedules the next one. The
-    /// first call only starts the clock.
-    pub fn due(&mut self, now_nanos: u64) -> bool {
+    /// Whether a Sync is due at `now`, the instance's last Release having
+    /// been sent at `last_release` (if any); if so, schedules the next one.
+    /// The first call only starts the clock.
+    pub fn due(&mut self, now_nanos: u64, last_release: Option<u64>) -> bool {
         match self.next_at_nanos {
             Some(at) if now_nanos < at => false,
-            Some(_) => {
+            Some(at) => {
+                let settling = last_release
+                    .is_some_and(|sent| now_nanos.saturating_sub(sent) < nanos(RELEASE_SETTLE));
+                let overdue = now_nanos.saturating_sub(at) >= nanos(self.period() / 2);
+                if settling && !overdue {
+                    return false;
+                }
                 self.next_at_nanos = Some(now_nanos.saturating_add(nanos(self.period())));
                 true
             }

@@ -275,7 +275,7 @@ impl RequestFlow {
             return;
         };
         let message = vm.mesh.release_request(&policy, &key);
-        if let Err(error) = host.dispatch_grpc_call(
+        match host.dispatch_grpc_call(
             vm.mesh.detached_owner(self.context_id),
             cluster,
             STREAM_LIMITER_SERVICE,
@@ -283,8 +283,12 @@ impl RequestFlow {
             &message,
             RELEASE_TIMEOUT,
         ) {
+            Ok(_) => match host.now_nanos() {
+                Ok(now) => vm.mesh.release_sent(now),
+                Err(error) => vm.metrics.host_failure(host, &error),
+            },
             // The next Sync states the true count.
-            vm.metrics.host_failure(host, &error);
+            Err(error) => vm.metrics.host_failure(host, &error),
         }
     }
 }

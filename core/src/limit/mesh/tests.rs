@@ -187,20 +187,44 @@ fn an_unanswered_acquire_is_repaired_by_the_next_sync() {
 }
 
 #[test]
+fn a_sync_waits_for_a_release_on_its_way_but_not_for_ever() {
+    const S: u64 = 1_000_000_000;
+    const MS: u64 = 1_000_000;
+    let mut schedule = SyncSchedule::default();
+    schedule.lease_said(3_000, 0);
+    assert!(!schedule.due(0, None));
+    // Due at 1 s; a Release sent 50 ms before: wait for it.
+    assert!(!schedule.due(S, Some(S - 50 * MS)));
+    assert!(!schedule.due(S + 100 * MS, Some(S - 50 * MS)));
+    assert!(schedule.due(S + 150 * MS, Some(S - 50 * MS)), "settled");
+    // Releases all the time: at most half a period late.
+    let next = S + 150 * MS + S;
+    assert!(!schedule.due(next, Some(next)));
+    assert!(!schedule.due(next + 400 * MS, Some(next + 400 * MS)));
+    assert!(
+        schedule.due(next + 500 * MS, Some(next + 500 * MS)),
+        "overdue"
+    );
+}
+
+#[test]
 fn syncs_come_every_third_of_the_lease() {
     const S: u64 = 1_000_000_000;
     let mut schedule = SyncSchedule::default();
     assert_eq!(schedule.period(), DEFAULT_SYNC_PERIOD);
-    assert!(!schedule.due(100 * S), "the first tick starts the clock");
-    assert!(!schedule.due(104 * S));
-    assert!(schedule.due(105 * S));
-    assert!(!schedule.due(106 * S));
+    assert!(
+        !schedule.due(100 * S, None),
+        "the first tick starts the clock"
+    );
+    assert!(!schedule.due(104 * S, None));
+    assert!(schedule.due(105 * S, None));
+    assert!(!schedule.due(106 * S, None));
     // The limiter says 3 s: the next Sync comes forward to a second from now.
     schedule.lease_said(3_000, 106 * S);
     assert_eq!(schedule.period(), Duration::from_secs(1));
-    assert!(!schedule.due(106 * S + S / 2));
-    assert!(schedule.due(107 * S));
-    assert!(schedule.due(108 * S));
+    assert!(!schedule.due(106 * S + S / 2, None));
+    assert!(schedule.due(107 * S, None));
+    assert!(schedule.due(108 * S, None));
     // 0 is not a lease; a tiny lease is floored.
     schedule.lease_said(0, 108 * S);
     assert_eq!(schedule.lease(), Some(Duration::from_secs(3)));
