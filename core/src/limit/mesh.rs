@@ -108,8 +108,11 @@ fn ceil_secs_ms(ms: u64) -> u32 {
 /// Decides a mesh-scoped stream from how its Acquire call ended.
 ///
 /// Envoy ends a call whose own timeout fired with UNAVAILABLE (its local 504
-/// mapped to gRPC), like an unreachable cluster; a failure at or after the
-/// policy's timeout is therefore a timeout whatever its status.
+/// mapped to gRPC), like an unreachable cluster. Its timers run on the event
+/// loop's cached time, so on a busy worker the timeout fires up to a loop
+/// iteration early by the filter's clock: a failure after three quarters of
+/// the policy's timeout is therefore taken for the timeout whatever its
+/// status, while an unreachable limiter fails at once.
 pub fn decide(settings: &MeshSettings, outcome: CallOutcome) -> MeshDecision {
     let fallback = |cause| MeshDecision::Fallback(cause, settings.fallback);
     match outcome {
@@ -133,7 +136,7 @@ pub fn decide(settings: &MeshSettings, outcome: CallOutcome) -> MeshDecision {
             grpc_status,
             elapsed,
         } => {
-            if grpc_status == GRPC_DEADLINE_EXCEEDED || elapsed >= settings.timeout {
+            if grpc_status == GRPC_DEADLINE_EXCEEDED || elapsed >= settings.timeout * 3 / 4 {
                 fallback(FallbackCause::Timeout)
             } else if grpc_status == GRPC_UNAVAILABLE {
                 fallback(FallbackCause::Unavailable)

@@ -64,7 +64,8 @@ fn no_usable_answer_applies_the_fallback_by_cause() {
     ] {
         let s = settings(fallback);
         let early = Duration::from_millis(3);
-        let late = Duration::from_millis(50);
+        // Envoy's timer runs on loop-cached time: it may fire a little early.
+        let late = Duration::from_millis(38);
         for (outcome, cause) in [
             (answer(0, 0, 0, 0), FallbackCause::Error),
             (answer(9, 0, 0, 0), FallbackCause::Error),
