@@ -19,6 +19,7 @@ pub mod hub;
 pub mod message;
 pub mod metrics;
 pub mod publish;
+pub mod resume;
 pub mod server;
 pub mod session;
 pub mod slow;

@@ -11,6 +11,9 @@
 //! queue live; replay goes up to `head`, live messages already replayed are
 //! skipped by sequence, and a queue that overflows meanwhile cuts the stream
 //! as a slow consumer. A stream thus holds at most one page besides its queue.
+//!
+//! What to deliver, skip or reset is decided in [`crate::resume`]; this
+//! module does the I/O around it.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,11 +29,15 @@ use sidestream_core::config::TopicSettings;
 use tokio::sync::mpsc;
 
 use crate::auth::Grant;
-use crate::broker::{replay_page, resume_outcome, BrokerError, ResetReason};
+use crate::broker::BrokerError;
 use crate::error::PushError;
 use crate::hub::{ConnectionControl, Delivery, StreamHandle, StreamKey, TopicKey};
-use crate::message::{Epoch, Message, MessageId};
+use crate::message::{Message, MessageId};
 use crate::metrics::Transport;
+use crate::resume::{
+    already_delivered, live, replay_page, resume_outcome, start_position, Live, PageStep,
+    ReplayWindow, ResetReason,
+};
 use crate::session::{due, Due, Held, TokenEnd, TokenEvent, TokenSession};
 use crate::state::AppState;
 use crate::topics::MAX_TOPICS_PER_STREAM;
@@ -123,11 +130,7 @@ impl Cursor {
 #[derive(Debug, Clone)]
 struct Replay {
     settings: Arc<TopicSettings>,
-    epoch: Epoch,
-    /// The last sequence fetched.
-    after: u64,
-    /// The topic's head when the resume was planned: later messages arrive live.
-    until: u64,
+    window: ReplayWindow,
 }
 
 type PageFuture =
@@ -318,11 +321,7 @@ impl Subscription {
         };
         let cursor = &mut self.cursors[index];
         cursor.key = Some(key);
-        // Without a reset the replay continues the client's own position.
-        cursor.position = match (from, resume.reset) {
-            (Some(from), None) if from.epoch != Epoch(0) => from,
-            _ => resume.position,
-        };
+        cursor.position = start_position(from, resume.reset, resume.position);
         if let Some(reason) = resume.reset {
             tracing::info!(topic, reason = reason.as_str(), from = ?from.map(|f| f.to_string()), position = %resume.position, "Resume reset");
             self.push_pending(Event::Reset {
@@ -331,20 +330,18 @@ impl Subscription {
                 position: resume.position,
             });
         }
-        let mut after = resume.position.seq;
+        let rest = ReplayWindow::after_resume(
+            from.is_some(),
+            resume.position,
+            resume.messages.iter().map(|m| m.id),
+            resume.head,
+        );
         for message in resume.messages {
-            after = after.max(message.id.seq);
             self.push_pending(Event::Message { index, message });
         }
-        if from.is_some() && after < resume.head {
-            self.cursors[index].replay = Some(Replay {
-                settings,
-                epoch: resume.position.epoch,
-                after,
-                until: resume.head,
-            });
-        } else {
-            self.push_pending(Event::Live { index });
+        match rest {
+            Some(window) => self.cursors[index].replay = Some(Replay { settings, window }),
+            None => self.push_pending(Event::Live { index }),
         }
         Ok(index)
     }
@@ -541,7 +538,13 @@ impl Subscription {
                 let name = topic.clone();
                 let future = async move {
                     broker
-                        .history(&name, &replay.settings, replay.epoch, replay.after, limit)
+                        .history(
+                            &name,
+                            &replay.settings,
+                            replay.window.epoch,
+                            replay.window.after,
+                            limit,
+                        )
                         .await
                 };
                 self.fetch = Some(PageFetch {
@@ -578,52 +581,41 @@ impl Subscription {
         }
     }
 
-    /// Queues a replay page of topic `index`; a hole (history trimmed while
-    /// replaying) is reported as a reset, and the replay ends at its `until`
-    /// or when history has nothing more.
+    /// Queues a replay page of topic `index`: its messages, a reset for a
+    /// hole (history trimmed while replaying), and the end of the replay at
+    /// its `until` or when history has nothing more.
     fn take_page(&mut self, index: usize, page: Vec<Arc<Message>>) {
-        let Some(mut replay) = self.cursors[index].replay.take() else {
+        let Some(replay) = self.cursors[index].replay.take() else {
             return;
         };
-        let start = replay.after;
-        for message in page {
-            if message.id.epoch != replay.epoch || message.id.seq <= replay.after {
-                continue;
+        let ids: Vec<MessageId> = page.iter().map(|m| m.id).collect();
+        let taken = replay.window.take_page(&ids);
+        let mut page: Vec<Option<Arc<Message>>> = page.into_iter().map(Some).collect();
+        for step in taken.steps {
+            match step {
+                PageStep::Deliver(at) => {
+                    if let Some(message) = page.get_mut(at).and_then(Option::take) {
+                        self.push_pending(Event::Message { index, message });
+                    }
+                }
+                PageStep::Reset { position } => {
+                    tracing::warn!(topic = %self.cursors[index].name, after = replay.window.after, until = replay.window.until, %position, "History trimmed during a replay");
+                    self.push_pending(Event::Reset {
+                        index,
+                        reason: ResetReason::HistoryGap,
+                        position,
+                    });
+                }
             }
-            if message.id.seq > replay.after + 1 {
-                let position = MessageId {
-                    epoch: replay.epoch,
-                    seq: message.id.seq - 1,
-                };
-                tracing::warn!(topic = %self.cursors[index].name, after = replay.after, next = %message.id, "History trimmed during a replay");
-                self.push_pending(Event::Reset {
-                    index,
-                    reason: ResetReason::HistoryGap,
-                    position,
-                });
+        }
+        match taken.rest {
+            Some(window) => {
+                self.cursors[index].replay = Some(Replay {
+                    settings: replay.settings,
+                    window,
+                })
             }
-            replay.after = message.id.seq;
-            self.push_pending(Event::Message { index, message });
-        }
-        // A page that brings nothing new: history holds no more.
-        if replay.after == start && replay.after < replay.until {
-            // What was left is gone; live delivery follows `until`.
-            let position = MessageId {
-                epoch: replay.epoch,
-                seq: replay.until,
-            };
-            tracing::warn!(topic = %self.cursors[index].name, after = replay.after, until = replay.until, "History trimmed during a replay");
-            self.push_pending(Event::Reset {
-                index,
-                reason: ResetReason::HistoryGap,
-                position,
-            });
-            replay.after = replay.until;
-        }
-        if replay.after >= replay.until {
-            self.push_pending(Event::Live { index });
-        } else {
-            self.cursors[index].replay = Some(replay);
+            None => self.push_pending(Event::Live { index }),
         }
     }
 
@@ -667,9 +659,7 @@ impl Subscription {
                 match &event {
                     Event::Message { index, message } if self.is_active(*index) => {
                         let cursor = &mut self.cursors[*index];
-                        if message.id.epoch == cursor.position.epoch
-                            && message.id.seq <= cursor.position.seq
-                        {
+                        if already_delivered(cursor.position, message.id) {
                             continue;
                         }
                         cursor.position = message.id;
@@ -710,43 +700,23 @@ impl Subscription {
                         continue;
                     }
                     let cursor = &mut self.cursors[index];
-                    // A topic that had no message when subscribed: its first
-                    // message, whatever its sequence, is the next one.
-                    let position = if cursor.position.epoch == Epoch(0) {
-                        MessageId {
-                            epoch: message.id.epoch,
-                            seq: message.id.seq.saturating_sub(1),
-                        }
-                    } else {
-                        cursor.position
-                    };
-                    if message.id.epoch == position.epoch {
-                        if message.id.seq <= position.seq {
-                            continue; // already replayed from history
-                        }
-                        if message.id.seq == position.seq + 1 {
+                    match live(cursor.position, message.id) {
+                        Live::Skip => continue,
+                        Live::Deliver => {
                             cursor.position = message.id;
                             return Poll::Ready(Some(Event::Message { index, message }));
                         }
+                        Live::ResetThenDeliver { reason, position } => {
+                            tracing::warn!(topic = %message.topic, reason = reason.as_str(), from = %cursor.position, to = %message.id, "Live delivery skipped ids");
+                            cursor.position = position;
+                            self.push_pending(Event::Message { index, message });
+                            return Poll::Ready(Some(Event::Reset {
+                                index,
+                                reason,
+                                position,
+                            }));
+                        }
                     }
-                    // A hole or a new epoch while live: say so, then go on.
-                    let reason = if message.id.epoch == position.epoch {
-                        ResetReason::HistoryGap
-                    } else {
-                        ResetReason::EpochChanged
-                    };
-                    let reset_position = MessageId {
-                        epoch: message.id.epoch,
-                        seq: message.id.seq.saturating_sub(1),
-                    };
-                    tracing::warn!(topic = %message.topic, reason = reason.as_str(), from = %position, to = %message.id, "Live delivery skipped ids");
-                    cursor.position = reset_position;
-                    self.push_pending(Event::Message { index, message });
-                    return Poll::Ready(Some(Event::Reset {
-                        index,
-                        reason,
-                        position: reset_position,
-                    }));
                 }
                 Poll::Ready(Some(Delivery::Drain)) => continue,
                 Poll::Ready(None) => {
@@ -787,7 +757,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Draft;
+    use crate::message::{Draft, Epoch};
     use crate::topics::TopicRegistry;
     use crate::{BrokerSpec, Settings};
     use bytes::Bytes;

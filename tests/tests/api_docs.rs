@@ -977,8 +977,8 @@ fn every_event_frame_close_code_and_metadata_the_server_sends_is_documented() {
         }
     }
     // Reset reasons.
-    let broker = push_source("broker.rs");
-    let reasons = broker
+    let resume = push_source("resume.rs");
+    let reasons = resume
         .split("impl ResetReason")
         .nth(1)
         .expect("ResetReason::as_str");

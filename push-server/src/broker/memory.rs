@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use sidestream_core::config::TopicSettings;
 
-use super::{oldest_kept, plan_resume, Broker, BrokerError, BrokerFuture, Published, Resume};
+use super::{Broker, BrokerError, BrokerFuture, Published, Resume};
 use crate::hub::Hub;
 use crate::message::{unix_nanos, Draft, Epoch, Message, MessageId};
+use crate::resume::{oldest_kept, plan_resume};
 
 /// Idempotency keys remembered per topic at most (oldest forgotten first).
 const MAX_IDEMPOTENCY_KEYS_PER_TOPIC: usize = 100_000;
@@ -277,8 +278,8 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::ResetReason;
     use crate::metrics::Metrics;
+    use crate::resume::ResetReason;
     use bytes::Bytes;
 
     fn draft(data: &'static str, key: Option<&str>) -> Draft {

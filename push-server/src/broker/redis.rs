@@ -30,9 +30,10 @@ use sidestream_core::backoff::Backoff;
 use sidestream_core::config::TopicSettings;
 use tokio::sync::Notify;
 
-use super::{oldest_kept, plan_resume, Broker, BrokerError, BrokerFuture, Published, Resume};
+use super::{Broker, BrokerError, BrokerFuture, Published, Resume};
 use crate::hub::Hub;
 use crate::message::{unix_nanos, Draft, Epoch, Message, MessageId};
+use crate::resume::{oldest_kept, plan_resume};
 
 const PUBLISH_SCRIPT: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
