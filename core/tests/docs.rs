@@ -468,7 +468,7 @@ fn parse_block(block: &Block) -> Value {
     match block.lang.as_str() {
         "json" => serde_json::from_str(&block.body)
             .unwrap_or_else(|e| panic!("config.md line {}: bad JSON: {e}", block.line)),
-        "yaml" => serde_yaml::from_str(&block.body)
+        "yaml" => serde_norway::from_str(&block.body)
             .unwrap_or_else(|e| panic!("config.md line {}: bad YAML: {e}", block.line)),
         other => panic!("config.md line {}: example in {other}", block.line),
     }

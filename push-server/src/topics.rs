@@ -158,7 +158,7 @@ enum ParseError {
 fn parse_documents(text: &str) -> Result<Vec<TopicSettings>, ParseError> {
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(value) => value,
-        Err(_) => serde_yaml::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?,
+        Err(_) => serde_norway::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?,
     };
     let documents = config::documents_from_value(value).map_err(ParseError::Invalid)?;
     let mut topics = Vec::new();

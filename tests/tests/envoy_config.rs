@@ -95,7 +95,7 @@ fn envoy_validate_rejects_a_broken_config() {
 fn stack_config_has_the_stream_settings() {
     let file = sidestream_tests::workspace_root().join("envoy-config/stack.yaml");
     let text = std::fs::read_to_string(file).expect("stack.yaml");
-    let config: serde_json::Value = serde_yaml::from_str(&text).expect("stack.yaml is YAML");
+    let config: serde_json::Value = serde_norway::from_str(&text).expect("stack.yaml is YAML");
     let listener = &config["static_resources"]["listeners"][0];
     assert_eq!(listener["address"]["socket_address"]["port_value"], 10000);
     assert_eq!(
@@ -196,7 +196,7 @@ fn yaml(name: &str) -> serde_json::Value {
         .join("envoy-config")
         .join(name);
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name} is not YAML: {e}"))
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{name} is not YAML: {e}"))
 }
 
 fn plugin_config(config: &serde_json::Value) -> &str {

@@ -46,7 +46,7 @@ fn istio_crd_checker() -> PathBuf {
 
 fn yaml_documents(text: &str) -> anyhow::Result<Vec<Value>> {
     let mut docs = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
+    for document in serde_norway::Deserializer::from_str(text) {
         let value: Value = serde::Deserialize::deserialize(document)?;
         if !value.is_null() {
             docs.push(value);
@@ -1019,7 +1019,7 @@ fn every_file_is_one_kebab_case_resource_listed_in_the_kustomization() {
     }
     let text = std::fs::read_to_string(istio_dir().join("kustomization.yaml"))
         .expect("istio/kustomization.yaml exists");
-    let kustomization: Value = serde_yaml::from_str(&text).expect("kustomization is YAML");
+    let kustomization: Value = serde_norway::from_str(&text).expect("kustomization is YAML");
     assert_eq!(kustomization["kind"], "Kustomization");
     let listed: BTreeSet<&str> = strings(&kustomization["resources"]).into_iter().collect();
     let files: BTreeSet<&str> = manifests.iter().map(|m| m.file.as_str()).collect();
@@ -1152,7 +1152,7 @@ fn kubernetes_validation_rejects_broken_resources() {
         .clone();
     deployment["spec"]["template"]["spec"]["terminationGracePeriodSecond"] = json!(45);
     let path = dir.path().join("broken-deployment.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&deployment).expect("yaml")).expect("write");
+    std::fs::write(&path, serde_norway::to_string(&deployment).expect("yaml")).expect("write");
     let status = kubernetes_validate_status(&[path]);
     assert!(
         !status.0,

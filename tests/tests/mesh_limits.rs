@@ -77,7 +77,7 @@ fn policies(timeout_ms: u64, fallback: &str) -> Value {
 fn mesh_config(ports: &EnvoyPorts, limiters: &[&Limiter], policies: &Value) -> String {
     let path = workspace_root().join("envoy-config/mesh.yaml");
     let text = std::fs::read_to_string(&path).expect("envoy-config/mesh.yaml");
-    let mut config: Value = serde_yaml::from_str(&text).expect("mesh.yaml is YAML");
+    let mut config: Value = serde_norway::from_str(&text).expect("mesh.yaml is YAML");
     config["admin"]["address"]["socket_address"]["port_value"] = json!(ports.admin);
     let listener = &mut config["static_resources"]["listeners"][0];
     listener["address"]["socket_address"]["port_value"] = json!(ports.listener);

@@ -290,7 +290,7 @@ async fn a_registry_serves_the_image_as_istio_pulls_it() {
             .env("WASM_IMAGE", &archive)
             .env("WASM_PLUGIN", &plugin),
     );
-    let pinned: Value = serde_yaml::from_str(&std::fs::read_to_string(&plugin).unwrap()).unwrap();
+    let pinned: Value = serde_norway::from_str(&std::fs::read_to_string(&plugin).unwrap()).unwrap();
     assert_eq!(pinned["spec"]["url"], url.as_str());
     let sha256_field = pinned["spec"]["sha256"].as_str().unwrap().to_owned();
 

@@ -121,7 +121,7 @@ fn values_of(file: &Path, text: &str) -> Result<Vec<serde_json::Value>, String> 
             .map_err(|e| format!("invalid JSON: {e}"));
     }
     let mut values = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
+    for document in serde_norway::Deserializer::from_str(text) {
         let value: serde_json::Value =
             serde::Deserialize::deserialize(document).map_err(|e| format!("invalid YAML: {e}"))?;
         if !value.is_null() {

@@ -251,7 +251,7 @@ pub fn objects(items: &[Stored], output: Output) {
                 // Through `Value`, so keys come in the same order as in JSON.
                 let document = serde_json::to_value(&document).unwrap_or(Value::Null);
                 out!("---\n# {} (mod revision {})", s.key, s.mod_revision);
-                out_raw!("{}", serde_yaml::to_string(&document).unwrap_or_default());
+                out_raw!("{}", serde_norway::to_string(&document).unwrap_or_default());
             }
         }
         Output::Human => {
