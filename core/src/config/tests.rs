@@ -439,6 +439,7 @@ fn snapshot_round_trip_is_canonical() {
 /// the snapshot JSON one unit in the last place off, so the data planes got a
 /// value the control plane never validated.
 #[test]
+#[allow(clippy::excessive_precision)] // the literal is the fuzzer's input text, digits and all
 fn numbers_survive_the_snapshot_json_exactly() {
     let spec = br#"{"sampleRatio":0.11844674407370955166165}"#;
     let item = parse_spec(Kind::Trace, TRACE_NAME, spec).unwrap();
