@@ -5,12 +5,14 @@
 //! [`http`] (HTTP API), [`grpc`], [`event_id`] (SSE ids), [`broker`].
 //!
 //! The library builds the servers so tests run them in-process:
+//! [`daemon::start`] (what the binary runs, on any port), and its parts
 //! [`state::AppState::new`], [`http::router`], [`grpc::service`],
 //! [`server::serve_http`], [`server::serve_grpc`].
 
 pub mod auth;
 pub mod broker;
 pub mod control_plane;
+pub mod daemon;
 pub mod error;
 pub mod event_id;
 pub mod grpc;
