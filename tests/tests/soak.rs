@@ -1,6 +1,6 @@
 //! The soak: the whole stack (a 3-member etcd cluster, Redis, the limiter,
-//! the control plane, two push servers on the Redis broker, Envoy with the
-//! filter) under steady publishing on several topics, with subscribers over
+//! the control plane, two push servers on the Redis broker, two Envoys with
+//! the filter) under steady publishing on several topics, with subscribers over
 //! SSE, WebSocket and gRPC joining and leaving (resuming from their last id),
 //! config changes written to etcd through `sidestreamctl`, while processes
 //! are SIGKILLed and started again at random (a seeded RNG; the seed is
@@ -11,8 +11,8 @@
 //!   message twice, none out of order, none altered (see
 //!   `sidestream_tests::soak::ledger` for what "published" and "lost" mean);
 //! - every config change reached every data plane before the next one was
-//!   written: Envoy's `sidestream.config_version` and the ACK of every filter
-//!   VM and both push servers at the control plane's `/v1/clients`;
+//!   written: every Envoy's `sidestream.config_version` and the ACK of every
+//!   filter VM and both push servers at the control plane's `/v1/clients`;
 //! - every process came back after each kill, and its RSS (sampled from
 //!   /proc twice a second) stayed under its bound.
 //!
@@ -41,6 +41,9 @@ use tokio::sync::watch;
 
 const TOPICS: [&str; 4] = ["soak-a", "soak-b", "soak-c", "soak-d"];
 const ENVOY_CONCURRENCY: u32 = 2;
+/// Envoys in front of the push servers; publishers and subscribers are spread
+/// over them.
+const ENVOYS: usize = 2;
 
 /// RSS bounds (MiB) per process kind, checked against the peak of every
 /// sample of every incarnation: about three times what a 600 s run peaked at
@@ -52,7 +55,7 @@ fn rss_bound_mib(name: &str) -> u64 {
         "redis" => 64,
         "limiter" | "control-plane" => 64,
         n if n.starts_with("push") => 96,
-        "envoy" => 320,
+        n if n.starts_with("envoy") => 320,
         _ => 64,
     }
 }
@@ -145,12 +148,19 @@ fn tenants_doc(per_second: u64, max_concurrent: u64) -> Value {
 
 // --- config convergence -----------------------------------------------------
 
-/// Whether revision `revision` reached every data plane: Envoy's gauge, and
-/// at the control plane every filter VM (at least one per worker plus the
-/// main thread's) and both push servers ACKed a version at or past it.
+/// Whether revision `revision` reached every data plane: every Envoy's
+/// gauge, and at the control plane every filter VM (of every Envoy at least
+/// one per worker plus the main thread's) and both push servers ACKed a
+/// version at or past it.
 async fn converged(http: &reqwest::Client, stack: &SoakStack, revision: i64) -> anyhow::Result<()> {
-    let gauge = envoy_config_version(http, &stack.envoy_admin_url()).await?;
-    anyhow::ensure!(gauge >= revision, "Envoy's config_version is {gauge}");
+    for i in 0..ENVOYS {
+        let gauge = envoy_config_version(http, &stack.envoy_admin_url(i)).await?;
+        anyhow::ensure!(
+            gauge >= revision,
+            "envoy-{}'s config_version is {gauge}",
+            i + 1
+        );
+    }
     let clients: Vec<Value> = http
         .get(format!("{}/v1/clients", stack.control_plane_admin_url()))
         .send()
@@ -165,7 +175,7 @@ async fn converged(http: &reqwest::Client, stack: &SoakStack, revision: i64) -> 
             .and_then(|r| r.parse().ok())
             .unwrap_or(-1)
     };
-    let mut filters = 0;
+    let mut filters = [0u32; ENVOYS];
     let mut pushes = 0;
     for client in &clients {
         let kind = client["clientKind"].as_str().unwrap_or("");
@@ -176,16 +186,27 @@ async fn converged(http: &reqwest::Client, stack: &SoakStack, revision: i64) -> 
             client["ackedVersion"]
         );
         match kind {
-            "filter" => filters += 1,
+            "filter" => {
+                // `<plugin nodeId>/<Envoy node id>/vm-<n>`
+                let node = client["nodeId"].as_str().unwrap_or("");
+                for (i, count) in filters.iter_mut().enumerate() {
+                    if node.contains(&format!("/sidestream-soak-{}/", i + 1)) {
+                        *count += 1;
+                    }
+                }
+            }
             "push-server" => pushes += 1,
             _ => {}
         }
     }
-    anyhow::ensure!(
-        filters > ENVOY_CONCURRENCY,
-        "{filters} filter VMs connected, expected {}",
-        ENVOY_CONCURRENCY + 1
-    );
+    for (i, count) in filters.iter().enumerate() {
+        anyhow::ensure!(
+            *count > ENVOY_CONCURRENCY,
+            "{count} filter VMs of envoy-{} connected, expected {}",
+            i + 1,
+            ENVOY_CONCURRENCY + 1
+        );
+    }
     anyhow::ensure!(pushes >= 2, "{pushes} push servers connected");
     Ok(())
 }
@@ -327,10 +348,10 @@ async fn chaos(
             rng.shuffle(&mut round);
         }
         let kind = round.pop().expect("a victim");
-        let name = if kind == "etcd" {
-            format!("etcd-{}", rng.range(1, 3))
-        } else {
-            kind.to_owned()
+        let name = match kind {
+            "etcd" => format!("etcd-{}", rng.range(1, 3)),
+            "envoy" => format!("envoy-{}", rng.range(1, ENVOYS as u64)),
+            _ => kind.to_owned(),
         };
         let component = components
             .iter()
@@ -872,6 +893,7 @@ async fn every_process_killed_and_nothing_lost() {
             &SoakStackOptions {
                 redis_aof: settings.redis_aof,
                 envoy_concurrency: ENVOY_CONCURRENCY,
+                envoys: ENVOYS,
             },
         )
         .await
@@ -922,7 +944,7 @@ async fn every_process_killed_and_nothing_lost() {
         genesis.push(rx);
         publishers.push(tokio::spawn(publisher(
             topic,
-            stack.envoy_url(),
+            stack.envoy_url(i % ENVOYS),
             i % 2 == 1,
             settings.publish_interval,
             stop_rx.clone(),
@@ -969,7 +991,7 @@ async fn every_process_killed_and_nothing_lost() {
         };
         subscribers.push(tokio::spawn(subscriber(
             sub,
-            stack.envoy_port,
+            stack.envoy_ports[i % ENVOYS].0,
             finish.clone(),
             Rng::new(rng.next_u64()),
         )));
@@ -1175,7 +1197,7 @@ async fn every_process_killed_and_nothing_lost() {
         }
     }
     println!(
-        "\nconfig changes: {} written, {} on every data plane (Envoy's gauge, every filter VM's and both push servers' ACK) before the next; slowest {:.1?}",
+        "\nconfig changes: {} written, {} on every data plane (every Envoy's gauge, every filter VM's and both push servers' ACK) before the next; slowest {:.1?}",
         config_report.written, config_report.converged, config_report.slowest
     );
     problems.extend(config_report.failures.iter().cloned());

@@ -1,8 +1,8 @@
 //! The whole stack as supervised processes, each of which can be SIGKILLed
 //! and started again on the same ports with the same data: a 3-member etcd
 //! cluster, Redis, the limiter, the control plane, two push servers on the
-//! Redis broker, and Envoy with the filter (`envoy-config/stack.yaml`, ports
-//! rewritten as `scripts/run-stack.sh` does). The flags are run-stack.sh's;
+//! Redis broker, and Envoys with the filter (`envoy-config/stack.yaml`, ports
+//! rewritten as `scripts/run-stack.sh` does, each with its own node id). The flags are run-stack.sh's;
 //! what differs is that every process, not only the push servers, comes back
 //! when killed, and etcd has three members so one can die without the
 //! cluster.
@@ -219,6 +219,9 @@ pub struct SoakStackOptions {
     pub redis_aof: bool,
     /// Envoy workers.
     pub envoy_concurrency: u32,
+    /// How many Envoys (`envoy-1`, `envoy-2`, ...), all on the same control
+    /// plane, limiter and push servers.
+    pub envoys: usize,
 }
 
 /// The running stack.
@@ -226,8 +229,8 @@ pub struct SoakStack {
     pub dir: PathBuf,
     pub components: Vec<Arc<Component>>,
     pub etcd_endpoints: String,
-    pub envoy_port: u16,
-    pub envoy_admin_port: u16,
+    /// Each Envoy's (listener, admin) port.
+    pub envoy_ports: Vec<(u16, u16)>,
     pub control_plane_admin_port: u16,
     pub redis_port: u16,
 }
@@ -255,7 +258,9 @@ impl SoakStack {
         let (cp_grpc, cp_admin) = (free_port()?, free_port()?);
         let (stable, stable_grpc) = (free_port()?, free_port()?);
         let (canary, canary_grpc) = (free_port()?, free_port()?);
-        let (envoy_port, envoy_admin) = (free_port()?, free_port()?);
+        let envoy_ports: Vec<(u16, u16)> = (0..options.envoys)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
 
         let initial_cluster = etcd_ports
             .iter()
@@ -378,8 +383,7 @@ impl SoakStack {
             dir: dir.to_path_buf(),
             components: Vec::new(),
             etcd_endpoints,
-            envoy_port,
-            envoy_admin_port: envoy_admin,
+            envoy_ports: envoy_ports.clone(),
             control_plane_admin_port: cp_admin,
             redis_port,
         };
@@ -414,45 +418,52 @@ impl SoakStack {
             components.push(server);
         }
 
-        let config = stack_envoy_config(
-            &[
-                (10000, envoy_port),
-                (9901, envoy_admin),
-                (18000, cp_grpc),
-                (18300, limiter_port),
-                (18081, stable),
-                (18082, canary),
-                (18091, stable_grpc),
-                (18092, canary_grpc),
-            ],
-            &wasm,
-        )?;
-        let config_path = dir.join("envoy.yaml");
-        std::fs::write(&config_path, config)?;
-        let concurrency = options.envoy_concurrency.to_string();
-        let envoy = Component::new(
-            "envoy",
-            dir,
-            Ready::Envoy(format!("http://127.0.0.1:{envoy_admin}")),
-            Box::new(move || {
-                let mut c = Command::new(envoy_binary());
-                c.current_dir(workspace_root())
-                    .arg("-c")
-                    .arg(&config_path)
-                    .args(["--concurrency", &concurrency, "--disable-hot-restart"])
-                    .args(["--log-level", "warn", "--component-log-level", "wasm:info"]);
-                c
-            }),
-        );
-        envoy.start(Duration::from_secs(60)).await?;
-        components.push(envoy);
+        for (i, (envoy_port, envoy_admin)) in envoy_ports.iter().copied().enumerate() {
+            let name = format!("envoy-{}", i + 1);
+            let config = stack_envoy_config(
+                &[
+                    (10000, envoy_port),
+                    (9901, envoy_admin),
+                    (18000, cp_grpc),
+                    (18300, limiter_port),
+                    (18081, stable),
+                    (18082, canary),
+                    (18091, stable_grpc),
+                    (18092, canary_grpc),
+                ],
+                &wasm,
+            )?;
+            let config_path = dir.join(format!("{name}.yaml"));
+            std::fs::write(&config_path, config)?;
+            let concurrency = options.envoy_concurrency.to_string();
+            // Its own node id, as every Envoy of a mesh has (the filter's
+            // config-stream node id and the limiter's instance ids carry it).
+            let node = format!("sidestream-soak-{}", i + 1);
+            let envoy = Component::new(
+                &name,
+                dir,
+                Ready::Envoy(format!("http://127.0.0.1:{envoy_admin}")),
+                Box::new(move || {
+                    let mut c = Command::new(envoy_binary());
+                    c.current_dir(workspace_root())
+                        .arg("-c")
+                        .arg(&config_path)
+                        .args(["--service-node", &node])
+                        .args(["--concurrency", &concurrency, "--disable-hot-restart"])
+                        .args(["--log-level", "warn", "--component-log-level", "wasm:info"]);
+                    c
+                }),
+            );
+            envoy.start(Duration::from_secs(60)).await?;
+            components.push(envoy);
+        }
 
         stack.components = components;
         Ok(stack)
     }
 
     /// A component by name (`etcd-1`, `redis`, `limiter`, `control-plane`,
-    /// `push-stable`, `push-canary`, `envoy`).
+    /// `push-stable`, `push-canary`, `envoy-1`).
     pub fn component(&self, name: &str) -> &Arc<Component> {
         self.components
             .iter()
@@ -460,12 +471,14 @@ impl SoakStack {
             .unwrap_or_else(|| panic!("no component {name}"))
     }
 
-    pub fn envoy_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.envoy_port)
+    /// Envoy `i`'s (from 0) listener.
+    pub fn envoy_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.envoy_ports[i].0)
     }
 
-    pub fn envoy_admin_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.envoy_admin_port)
+    /// Envoy `i`'s (from 0) admin.
+    pub fn envoy_admin_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.envoy_ports[i].1)
     }
 
     pub fn control_plane_admin_url(&self) -> String {
