@@ -15,7 +15,8 @@ use sidestream_proto::push::v1::push_client::PushClient;
 use sidestream_proto::push::v1::{
     subscribe_event, PublishRequest, SubscribeEvent, SubscribeRequest, TopicPosition,
 };
-use sidestream_push::server::{self, Shutdown};
+use sidestream_push::daemon::{self, DaemonConfig, RunningDaemon};
+use sidestream_push::server;
 use sidestream_push::topics::TopicRegistry;
 use sidestream_push::{AppState, BrokerSpec, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,42 +24,23 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The daemon as the binary runs it, on ports 0 (stopped when dropped).
 struct Server {
     http: String,
     grpc: String,
     state: Arc<AppState>,
-    shutdown: Shutdown,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
+    _daemon: RunningDaemon,
 }
 
 async fn start(settings: Settings, topics: Vec<TopicSettings>) -> Server {
-    let state = AppState::new(
-        settings,
-        TopicRegistry::new(topics, true),
-        &BrokerSpec::Memory,
-    )
-    .await
-    .unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Server {
-        http: format!("http://{}", http.local_addr().unwrap()),
-        grpc: format!("http://{}", grpc.local_addr().unwrap()),
-        state: state.clone(),
-        shutdown: Shutdown::default(),
-    };
-    tokio::spawn(server::serve_http(
-        http,
-        state.clone(),
-        server.shutdown.clone(),
-    ));
-    tokio::spawn(server::serve_grpc(grpc, state, server.shutdown.clone()));
-    server
+    let config = DaemonConfig::loopback(settings, TopicRegistry::new(topics, true));
+    let daemon = daemon::start_with(config).await.unwrap();
+    Server {
+        http: format!("http://{}", daemon.http_addr),
+        grpc: format!("http://{}", daemon.grpc_addr),
+        state: daemon.state.clone(),
+        _daemon: daemon,
+    }
 }
 
 fn topic(name: &str, edit: impl FnOnce(&mut TopicSettings)) -> TopicSettings {

@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sidestream_core::config::{Item, Snapshot, TopicSettings};
@@ -12,9 +11,9 @@ use sidestream_proto::config::v1::config_discovery_server::{
     ConfigDiscovery, ConfigDiscoveryServer,
 };
 use sidestream_proto::config::v1::{ConfigRequest, ConfigResponse};
-use sidestream_push::server::{self, Shutdown};
+use sidestream_push::daemon::{self, ControlPlane, DaemonConfig};
 use sidestream_push::topics::TopicRegistry;
-use sidestream_push::{AppState, BrokerSpec, Settings};
+use sidestream_push::Settings;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::StreamExt;
@@ -85,22 +84,14 @@ async fn topics_come_from_the_control_plane_with_ack_nack_and_reconnect() {
         node_id: "push-test-0".into(),
         ..Settings::default()
     };
-    let state = AppState::new(
-        settings,
-        TopicRegistry::new(Vec::new(), false),
-        &BrokerSpec::Memory,
-    )
-    .await
-    .unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", http.local_addr().unwrap());
-    let shutdown = Shutdown::default();
-    tokio::spawn(server::serve_http(http, state.clone(), shutdown.clone()));
-    tokio::spawn(sidestream_push::control_plane::follow(
-        state.clone(),
+    // The daemon as the binary runs it, following the fake control plane.
+    let mut config = DaemonConfig::loopback(settings, TopicRegistry::new(Vec::new(), false));
+    config.control_plane = Some(ControlPlane {
         endpoint,
-        "push-test".into(),
-    ));
+        cluster: "push-test".into(),
+    });
+    let daemon = daemon::start_with(config).await.unwrap();
+    let base = format!("http://{}", daemon.http_addr);
 
     let client = reqwest::Client::new();
     let publish = |body: &'static str| {
@@ -192,6 +183,5 @@ async fn topics_come_from_the_control_plane_with_ack_nack_and_reconnect() {
         201,
         "last good topics kept while disconnected"
     );
-    shutdown.trigger();
-    let _ = Arc::strong_count(&state);
+    drop(daemon);
 }

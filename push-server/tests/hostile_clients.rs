@@ -12,42 +12,29 @@ use std::time::{Duration, Instant};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use sidestream_core::config::TopicSettings;
-use sidestream_push::server::{self, Shutdown};
+use sidestream_push::daemon::{self, DaemonConfig, RunningDaemon};
 use sidestream_push::topics::TopicRegistry;
-use sidestream_push::{AppState, BrokerSpec, Settings};
+use sidestream_push::{AppState, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The daemon as the binary runs it, on ports 0 (stopped when dropped).
 struct Server {
     addr: String,
     state: Arc<AppState>,
-    shutdown: Shutdown,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
+    _daemon: RunningDaemon,
 }
 
 async fn start(settings: Settings, topics: Vec<TopicSettings>) -> Server {
-    let state = AppState::new(
-        settings,
-        TopicRegistry::new(topics, true),
-        &BrokerSpec::Memory,
-    )
-    .await
-    .unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Server {
-        addr: http.local_addr().unwrap().to_string(),
-        state: state.clone(),
-        shutdown: Shutdown::default(),
-    };
-    tokio::spawn(server::serve_http(http, state, server.shutdown.clone()));
-    server
+    let config = DaemonConfig::loopback(settings, TopicRegistry::new(topics, true));
+    let daemon = daemon::start_with(config).await.unwrap();
+    Server {
+        addr: daemon.http_addr.to_string(),
+        state: daemon.state.clone(),
+        _daemon: daemon,
+    }
 }
 
 impl Server {

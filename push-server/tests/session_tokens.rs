@@ -23,9 +23,9 @@ use sidestream_proto::push::v1::push_client::PushClient;
 use sidestream_proto::push::v1::{
     subscribe_event, SubscribeEvent, SubscribeRequest, TopicPosition,
 };
-use sidestream_push::server::{self, Shutdown};
+use sidestream_push::daemon::{self, DaemonConfig, RunningDaemon};
 use sidestream_push::topics::TopicRegistry;
-use sidestream_push::{AppState, BrokerSpec, Settings};
+use sidestream_push::{AppState, Settings};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const SECRET: &str = "session-token-test-secret";
@@ -33,17 +33,12 @@ const TOPIC: &str = "account.alice";
 /// Longest wait for one event (a token's end is its `exp` plus 5 s of leeway).
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The daemon as the binary runs it, on ports 0 (stopped when dropped).
 struct Server {
     http: String,
     grpc: String,
     state: Arc<AppState>,
-    shutdown: Shutdown,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
+    _daemon: RunningDaemon,
 }
 
 fn token_topic(name: &str) -> TopicSettings {
@@ -59,28 +54,15 @@ async fn start() -> Server {
         heartbeat: Duration::from_secs(1),
         ..Settings::default()
     };
-    let state = AppState::new(
-        settings,
-        TopicRegistry::new(vec![token_topic(TOPIC)], true),
-        &BrokerSpec::Memory,
-    )
-    .await
-    .unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Server {
-        http: format!("http://{}", http.local_addr().unwrap()),
-        grpc: format!("http://{}", grpc.local_addr().unwrap()),
-        state: state.clone(),
-        shutdown: Shutdown::default(),
-    };
-    tokio::spawn(server::serve_http(
-        http,
-        state.clone(),
-        server.shutdown.clone(),
-    ));
-    tokio::spawn(server::serve_grpc(grpc, state, server.shutdown.clone()));
-    server
+    let config =
+        DaemonConfig::loopback(settings, TopicRegistry::new(vec![token_topic(TOPIC)], true));
+    let daemon = daemon::start_with(config).await.unwrap();
+    Server {
+        http: format!("http://{}", daemon.http_addr),
+        grpc: format!("http://{}", daemon.grpc_addr),
+        state: daemon.state.clone(),
+        _daemon: daemon,
+    }
 }
 
 fn unix_now() -> u64 {

@@ -13,50 +13,35 @@ use std::time::{Duration, Instant};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::Value;
-use sidestream_push::server::{self, Shutdown};
+use sidestream_push::daemon::{self, DaemonConfig, RunningDaemon};
+use sidestream_push::server;
 use sidestream_push::topics::TopicRegistry;
-use sidestream_push::{AppState, BrokerSpec, Settings};
+use sidestream_push::{AppState, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// One state served twice: `direct` by `serve_http`, `router` by axum alone.
+/// One state served twice: `direct` by the daemon as the binary runs it
+/// (`serve_http`), `router` by axum alone.
 struct Servers {
     direct: String,
     router: String,
     state: Arc<AppState>,
-    shutdown: Shutdown,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
+    _daemon: RunningDaemon,
 }
 
 async fn start(settings: Settings) -> Servers {
-    let state = AppState::new(
-        settings,
-        TopicRegistry::new(Vec::new(), true),
-        &BrokerSpec::Memory,
-    )
-    .await
-    .unwrap();
-    let direct = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = DaemonConfig::loopback(settings, TopicRegistry::new(Vec::new(), true));
+    let daemon = daemon::start_with(config).await.unwrap();
     let router = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let servers = Servers {
-        direct: direct.local_addr().unwrap().to_string(),
+        direct: daemon.http_addr.to_string(),
         router: router.local_addr().unwrap().to_string(),
-        state: state.clone(),
-        shutdown: Shutdown::default(),
+        state: daemon.state.clone(),
+        _daemon: daemon,
     };
-    tokio::spawn(server::serve_http(
-        direct,
-        state.clone(),
-        servers.shutdown.clone(),
-    ));
-    let app = sidestream_push::http::router(state);
+    let app = sidestream_push::http::router(servers.state.clone());
     tokio::spawn(async move { axum::serve(router, app).await });
     servers
 }
