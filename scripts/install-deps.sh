@@ -10,6 +10,8 @@ profiles=("$@")
 apt_pkgs=(
   # wasm32-wasip1 build of the filter without rustup's target (build-std)
   rustc-web cargo-web rust-web-src lld wasi-libc
+  # wasm-metadce: scripts/build-filter.sh trims the filter to filter/exports.txt
+  binaryen
   # gRPC code generation
   protobuf-compiler libprotobuf-dev  # well-known types, needed by etcd-client's build
   # real components for the integration tests and `make run`

@@ -226,6 +226,8 @@ impl Context for SidestreamHttp {
             .on_limiter_answer(&ProxyWasmHost, &self.vm, token_id, status_code, &body);
     }
 
+    // The stream's end. Envoy calls on_done whenever it destroys the stream
+    // (finished, reset, client gone); on_log is not exported (filter/exports.txt).
     fn on_done(&mut self) -> bool {
         self.flow.on_stream_end(&ProxyWasmHost, &self.vm);
         true
@@ -243,9 +245,5 @@ impl HttpContext for SidestreamHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.flow.on_response_headers(&ProxyWasmHost, &self.vm);
         Action::Continue
-    }
-
-    fn on_log(&mut self) {
-        self.flow.on_stream_end(&ProxyWasmHost, &self.vm);
     }
 }
