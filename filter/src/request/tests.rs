@@ -370,7 +370,7 @@ fn the_concurrency_cap_refuses_the_21st_and_admits_after_one_ends() {
         Some("20")
     );
 
-    // One stream ends (twice: on_done and on_log both fire): counted once.
+    // One stream ends, reported twice: counted once.
     let mut ended = open.pop().expect("open");
     ended.on_stream_end(&host, &vm);
     ended.on_stream_end(&host, &vm);
