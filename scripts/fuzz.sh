@@ -14,7 +14,8 @@
 #                        for panics, overflows (debug assertions are on),
 #                        timeouts and memory blow-ups, and run twice as fast
 #                        without ASan
-#   FUZZ_REPORT          where the table goes (default fuzz/target/report.md)
+#   FUZZ_REPORT          where the table goes (default fuzz/target/report.md,
+#                        --smoke: fuzz/target/smoke/report.md)
 #
 # Each target starts from its committed seeds (fuzz/corpus/<target>) and the
 # corpus earlier runs grew (fuzz/target/corpus/<target>, not committed), with
@@ -23,7 +24,9 @@
 # it with `fuzz/target/<triple>/release/<target> <file>`.
 #
 # --smoke (what `make test` runs): a short run of every target, built with
-# fewer codegen units so the build stays short, into its own target dir.
+# fewer codegen units so the build stays short, into its own target dir,
+# with its own logs (fuzz/target/smoke/logs), so a smoke never overwrites a
+# long run's.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root/fuzz"
@@ -67,7 +70,7 @@ else
   target_dir="$root/fuzz/target"
 fi
 jobs=${FUZZ_JOBS:-1}
-report=${FUZZ_REPORT:-$root/fuzz/target/report.md}
+report=${FUZZ_REPORT:-$target_dir/report.md}
 triple=$(rustc -vV | sed -n 's/^host: //p')
 bin_dir="$target_dir/$triple/release"
 
@@ -84,7 +87,7 @@ if [ "${FUZZ_BUILD:-1}" != 0 ]; then
 fi
 echo "fuzz: running each target for ${seconds} s${FUZZ_RUNS:+ or $FUZZ_RUNS executions}"
 
-logs="$root/fuzz/target/logs"
+logs="$target_dir/logs"
 mkdir -p "$logs"
 
 run_one() {
@@ -128,7 +131,8 @@ failed=0
     result=$(cat "$logs/$target.result" 2>/dev/null || echo missing)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
-    last=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -1 || true)
+    # -a: a log may hold bytes that make grep call it binary.
+    last=$(grep -aE '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -1 || true)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
     corp=$(sed -n 's/.* corp: \([0-9]*\)\/.*/\1/p' <<<"$last")
@@ -136,7 +140,7 @@ failed=0
     if [ -n "$execs" ] && [ -n "$secs" ] && [ "$secs" -gt 0 ]; then rate=$((execs / secs)); fi
     if [ "$result" != ok ]; then
       failed=1
-      artifact=$(grep -o "Test unit written to [^ ]*" "$log" | tail -1 | sed 's/Test unit written to //' || true)
+      artifact=$(grep -ao "Test unit written to [^ ]*" "$log" | tail -1 | sed 's/Test unit written to //' || true)
       result="CRASH ${artifact#"$root/"} (log ${log#"$root/"})"
     fi
     echo "| $target | ${secs:--} | ${execs:--} | $rate | ${cov:--} | ${ft:--} | ${corp:--} | $result |"
