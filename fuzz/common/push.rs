@@ -112,7 +112,7 @@ pub fn valid_token() -> &'static str {
     })
 }
 
-/// Placeholders in inputs: `$T`, `$N` and `$P` stand for the epochs of the
+/// Substitutions in inputs: `$T`, `$N` and `$P` stand for the epochs of the
 /// three topics (random per state), `$J` for [`valid_token`], so inputs can
 /// name the current epoch and carry a good token.
 pub fn expand(text: &str, heads: &[MessageId; 3]) -> String {
