@@ -11,7 +11,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::etcd::{EtcdArgs, EtcdConfigError, EtcdSettings};
@@ -132,20 +132,13 @@ impl Drop for RunningDaemon {
     }
 }
 
-fn read_tls(path: &PathBuf) -> Result<Vec<u8>, StartError> {
-    std::fs::read(path).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", path.display())))
-}
-
 fn tls_config(args: &DaemonArgs) -> Result<Option<ServerTlsConfig>, StartError> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
-    };
-    let mut config =
-        ServerTlsConfig::new().identity(Identity::from_pem(read_tls(cert)?, read_tls(key)?));
-    if let Some(ca) = &args.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read_tls(ca)?));
-    }
-    Ok(Some(config))
+    sidestream_daemon_kit::server_tls(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.client_ca.as_deref(),
+    )
+    .map_err(StartError::Tls)
 }
 
 /// Checks the flags, binds both listeners and starts every task.

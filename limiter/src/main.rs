@@ -4,12 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
+use sidestream_daemon_kit::{parse_flags, wait_for_stop, Stop, EXIT_USAGE};
 use sidestream_limiter::daemon::{start, DaemonArgs};
 use sidestream_telemetry::{LogFormat, Telemetry, TraceArgs};
-use tokio::signal::unix::{signal, SignalKind};
 
-/// Exit code for bad flags or configuration (sysexits' EX_USAGE).
-const EXIT_USAGE: u8 = 64;
 /// How long calls in flight may take after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -26,16 +24,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Cli { args, trace } = match Cli::try_parse() {
+    let Cli { args, trace } = match parse_flags::<Cli>() {
         Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            let _ = error.print();
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     let telemetry = match Telemetry::init("sidestream-limiter", &trace, LogFormat::Text) {
         Ok(telemetry) => telemetry,
@@ -51,27 +42,22 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: DaemonArgs) -> ExitCode {
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(terminate) => terminate,
-        Err(error) => {
-            tracing::error!(%error, "Cannot listen for SIGTERM");
-            return ExitCode::FAILURE;
-        }
-    };
     match start(args).await {
         Ok(mut daemon) => {
-            tokio::select! {
-                () = daemon.wait() => {
-                    tracing::error!("A server task stopped; exiting");
-                    return ExitCode::FAILURE;
+            let stop = wait_for_stop(daemon.wait()).await;
+            match stop {
+                Ok(Stop::Signal) => {
+                    // Stateless: only the calls in flight are worth waiting for.
+                    tracing::info!("Stopping: finishing the calls in flight");
+                    daemon.shutdown(SHUTDOWN_GRACE).await;
+                    ExitCode::SUCCESS
                 }
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
+                Ok(Stop::TaskEnded) => ExitCode::FAILURE,
+                Err(error) => {
+                    tracing::error!(%error, "Cannot listen for SIGTERM");
+                    ExitCode::FAILURE
+                }
             }
-            // Stateless: only the calls in flight are worth waiting for.
-            tracing::info!("Stopping: finishing the calls in flight");
-            daemon.shutdown(SHUTDOWN_GRACE).await;
-            ExitCode::SUCCESS
         }
         Err(error) => {
             tracing::error!(%error, "Cannot start");

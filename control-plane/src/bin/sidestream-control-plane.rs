@@ -4,11 +4,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use sidestream_control_plane::daemon::{start, DaemonArgs};
+use sidestream_daemon_kit::{parse_flags, wait_for_stop, Stop, EXIT_USAGE};
 use sidestream_telemetry::{LogFormat, Telemetry, TraceArgs};
-use tokio::signal::unix::{signal, SignalKind};
-
-/// Exit code for bad flags or configuration (sysexits' EX_USAGE).
-const EXIT_USAGE: u8 = 64;
 
 // The daemon's flags and the tracing flags every daemon shares; the help
 // text is the daemon's own.
@@ -23,16 +20,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Cli { args, trace } = match Cli::try_parse() {
+    let Cli { args, trace } = match parse_flags::<Cli>() {
         Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            let _ = error.print();
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     let telemetry = match Telemetry::init("sidestream-control-plane", &trace, LogFormat::Text) {
         Ok(telemetry) => telemetry,
@@ -48,24 +38,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: DaemonArgs) -> ExitCode {
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(terminate) => terminate,
-        Err(error) => {
-            tracing::error!(%error, "Cannot listen for SIGTERM");
-            return ExitCode::FAILURE;
-        }
-    };
     match start(args).await {
-        Ok(daemon) => {
-            tokio::select! {
-                () = daemon.wait() => {
-                    tracing::error!("A server task stopped; exiting");
-                    ExitCode::FAILURE
-                }
-                _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
-                _ = terminate.recv() => ExitCode::SUCCESS,
+        Ok(daemon) => match wait_for_stop(daemon.wait()).await {
+            Ok(Stop::Signal) => ExitCode::SUCCESS,
+            Ok(Stop::TaskEnded) => ExitCode::FAILURE,
+            Err(error) => {
+                tracing::error!(%error, "Cannot listen for SIGTERM");
+                ExitCode::FAILURE
             }
-        }
+        },
         Err(error) => {
             tracing::error!(%error, "Cannot start");
             eprintln!("sidestream-control-plane: {error}");
