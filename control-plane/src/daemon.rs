@@ -10,7 +10,6 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, ServerTlsConfig};
 use tracing::{info, warn};
 
@@ -190,7 +189,7 @@ pub async fn start(args: DaemonArgs) -> Result<RunningDaemon, StartError> {
             source,
         })?;
 
-    let mut builder = Server::builder().tcp_nodelay(true);
+    let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)
@@ -200,7 +199,7 @@ pub async fn start(args: DaemonArgs) -> Result<RunningDaemon, StartError> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(async move {
         if let Err(error) = grpc
-            .serve_with_incoming(TcpListenerStream::new(grpc_listener))
+            .serve_with_incoming(sidestream_daemon_kit::grpc_incoming(grpc_listener))
             .await
         {
             tracing::error!(%error, "gRPC server stopped");

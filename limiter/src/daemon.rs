@@ -11,7 +11,6 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, ServerTlsConfig};
 use tracing::info;
 
@@ -247,7 +246,7 @@ pub async fn start(args: DaemonArgs) -> Result<RunningDaemon, StartError> {
     let (grpc_listener, grpc_addr) = bind(args.listen).await?;
     let (admin_listener, admin_addr) = bind(args.admin_listen).await?;
 
-    let mut builder = Server::builder().tcp_nodelay(true);
+    let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)
@@ -271,7 +270,7 @@ pub async fn start(args: DaemonArgs) -> Result<RunningDaemon, StartError> {
             let _ = shutdown_requested.wait_for(|stop| *stop).await;
         };
         if let Err(error) = grpc
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop)
+            .serve_with_incoming_shutdown(sidestream_daemon_kit::grpc_incoming(grpc_listener), stop)
             .await
         {
             tracing::error!(%error, "gRPC server stopped");

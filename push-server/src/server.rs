@@ -221,7 +221,7 @@ pub async fn serve_grpc(
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     let keepalive = state.settings.tcp_keepalive;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
+    let incoming = sidestream_daemon_kit::grpc_incoming(listener).map(move |accepted| {
         if let Ok(stream) = &accepted {
             set_keepalive(stream, keepalive);
         }
@@ -230,7 +230,6 @@ pub async fn serve_grpc(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true)
         .add_service(crate::grpc::service(state))
         .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
         .await
