@@ -354,6 +354,43 @@ async fn two_push_servers_on_one_redis_share_topics_and_resume_across_servers() 
     assert_eq!(data["reason"], "epoch-changed");
     assert_eq!(next_sse(&mut resumed).await.data, "after a busy epoch");
 
+    // A busy topic loses its log and meta together (a restart without
+    // persistence): the new epoch starts after the clock, which is behind
+    // what the reader followed, and the live subscriber still gets it.
+    redis_cli(&["HINCRBY", "sidestream:push:shared:meta", "seq", "100000000"]);
+    b.publish("shared", "busy again").await.expect("publish");
+    let mut event = next_sse(&mut resumed).await;
+    if event.event == "sidestream.reset" {
+        event = next_sse(&mut resumed).await;
+    }
+    assert_eq!(event.data, "busy again");
+    assert_eq!(
+        redis_cli(&[
+            "DEL",
+            "sidestream:push:shared:meta",
+            "sidestream:push:shared:log"
+        ]),
+        "2"
+    );
+    let after_total = b
+        .publish("shared", "after a total loss")
+        .await
+        .expect("publish");
+    let reset = next_sse(&mut resumed).await;
+    assert_eq!(reset.event, "sidestream.reset", "{reset:?}");
+    let data: Value = serde_json::from_str(&reset.data).expect("json");
+    assert_eq!(data["reason"], "epoch-changed");
+    let event = next_sse(&mut resumed).await;
+    assert_eq!(event.data, "after a total loss");
+    // The stream's id is a cursor over its topics; this topic's part is the
+    // published id.
+    assert!(
+        event.id.split('.').any(|part| part == after_total),
+        "{} in {}",
+        after_total,
+        event.id
+    );
+
     // Idempotency keys hold across servers.
     let client = reqwest::Client::new();
     let mut answers = Vec::new();

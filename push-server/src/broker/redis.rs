@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -64,6 +64,37 @@ if ARGV[7] ~= '' then redis.call('SET', KEYS[3], id, 'PX', ARGV[7]) end
 return {id, 0}
 "#;
 
+/// How often the reader compares each followed topic's epoch with Redis's.
+const EPOCH_CHECK: Duration = Duration::from_millis(READ_BLOCK_MS);
+
+/// Where the reader follows one topic's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Follow {
+    /// The last sequence dispatched (entries after it are read next).
+    seq: u64,
+    /// The epoch of that sequence (`None` before the topic's first message).
+    epoch: Option<Epoch>,
+}
+
+impl Follow {
+    /// Follows on after what Redis holds for the topic now: its epoch and
+    /// the sequence that epoch started after (`None`: no message yet).
+    ///
+    /// When Redis loses a topic's log and meta together (a restart without
+    /// persistence, `FLUSHALL`), the next publish starts a new epoch after
+    /// the clock, and a topic that published faster than the clock ticks
+    /// had sequences beyond it: the reader, still after its old sequence,
+    /// would never see the new entries. A changed epoch therefore moves the
+    /// reader back to the new epoch's start.
+    fn realign(&mut self, current: Option<(Epoch, u64)>) {
+        let Some((epoch, base)) = current else { return };
+        if self.epoch != Some(epoch) {
+            self.seq = self.seq.min(base);
+            self.epoch = Some(epoch);
+        }
+    }
+}
+
 /// Entries fetched per stream per `XREAD`.
 const READ_BATCH: usize = 1024;
 /// How long one `XREAD` blocks.
@@ -83,8 +114,8 @@ pub struct RedisBroker {
 
 #[derive(Debug, Default)]
 struct ReaderState {
-    /// Topic → the last sequence this node has dispatched.
-    watched: Mutex<HashMap<Arc<str>, u64>>,
+    /// Topic → where this node follows its stream.
+    watched: Mutex<HashMap<Arc<str>, Follow>>,
     changed: Notify,
     /// `CLIENT ID` of the reader's connection (to unblock its XREAD).
     client_id: Mutex<Option<i64>>,
@@ -315,11 +346,7 @@ impl RedisBroker {
 
     async fn watch_now(&self, topic: &Arc<str>) -> Result<(), BrokerError> {
         let mut conn = self.commands.clone();
-        let head: Option<u64> = redis::cmd("HGET")
-            .arg(self.meta_key(topic))
-            .arg("seq")
-            .query_async(&mut conn)
-            .await?;
+        let (epoch, head, _) = self.meta(&mut conn, topic).await?;
         let added = {
             let mut watched = self
                 .reader
@@ -329,7 +356,10 @@ impl RedisBroker {
             let mut added = false;
             watched.entry(topic.clone()).or_insert_with(|| {
                 added = true;
-                head.unwrap_or(0)
+                Follow {
+                    seq: head,
+                    epoch: (epoch != Epoch(0)).then_some(epoch),
+                }
             });
             added
         };
@@ -504,12 +534,15 @@ async fn reader_connection(
 async fn read_loop(client: Client, prefix: String, state: Arc<ReaderState>, hub: Arc<Hub>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut conn: Option<MultiplexedConnection> = None;
+    // Epochs are compared on every (re)connection and every EPOCH_CHECK.
+    let mut epochs_checked: Option<Instant> = None;
     loop {
         let connection = match &mut conn {
             Some(c) => c,
             None => match reader_connection(&client, &state).await {
                 Ok(c) => {
                     backoff.reset();
+                    epochs_checked = None;
                     conn.insert(c)
                 }
                 Err(error) => {
@@ -519,12 +552,21 @@ async fn read_loop(client: Client, prefix: String, state: Arc<ReaderState>, hub:
                 }
             },
         };
+        if epochs_checked.is_none_or(|at| at.elapsed() >= EPOCH_CHECK) {
+            if let Err(error) = realign_epochs(connection, &prefix, &state).await {
+                tracing::warn!(%error, "Redis reader cannot read the topics' epochs; reconnecting");
+                conn = None;
+                tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
+                continue;
+            }
+            epochs_checked = Some(Instant::now());
+        }
         let watched: Vec<(Arc<str>, u64, String)> = state
             .watched
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(topic, seq)| (topic.clone(), *seq, format!("{prefix}:{topic}:log")))
+            .map(|(topic, follow)| (topic.clone(), follow.seq, format!("{prefix}:{topic}:log")))
             .collect();
         if watched.is_empty() {
             let _ = tokio::time::timeout(Duration::from_secs(1), state.changed.notified()).await;
@@ -564,17 +606,12 @@ async fn read_loop(client: Client, prefix: String, state: Arc<ReaderState>, hub:
             else {
                 continue;
             };
-            let mut last = None;
+            let (mut last_seq, mut last_epoch) = (None, None);
             for entry in &stream.ids {
-                if let Some(seq) = entry
-                    .id
-                    .split_once('-')
-                    .and_then(|(seq, _)| seq.parse::<u64>().ok())
-                {
-                    last = Some(seq);
-                }
+                last_seq = entry_seq(entry).or(last_seq);
                 match entry_to_message(&topic, entry) {
                     Ok(message) => {
+                        last_epoch = Some(message.id.epoch);
                         hub.dispatch(&Arc::new(message));
                     }
                     Err(error) => {
@@ -582,16 +619,147 @@ async fn read_loop(client: Client, prefix: String, state: Arc<ReaderState>, hub:
                     }
                 }
             }
-            if let Some(seq) = last {
-                if let Some(position) = state
+            if let Some(seq) = last_seq {
+                if let Some(follow) = state
                     .watched
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get_mut(&topic)
                 {
-                    *position = (*position).max(seq);
+                    follow.seq = follow.seq.max(seq);
+                    follow.epoch = last_epoch.or(follow.epoch);
                 }
             }
         }
+    }
+}
+
+/// Reads every followed topic's epoch and start from its meta (one
+/// pipelined round trip) and moves readers of a replaced epoch back to the
+/// new one's start ([`Follow::realign`]).
+async fn realign_epochs(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+    state: &ReaderState,
+) -> Result<(), BrokerError> {
+    let topics: Vec<Arc<str>> = state
+        .watched
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for topic in &topics {
+        pipe.cmd("HMGET")
+            .arg(format!("{prefix}:{topic}:meta"))
+            .arg("epoch")
+            .arg("base");
+    }
+    let metas: Vec<(Option<String>, Option<u64>)> = pipe.query_async(conn).await?;
+    let mut watched = state.watched.lock().unwrap_or_else(|p| p.into_inner());
+    for (topic, meta) in topics.iter().zip(metas) {
+        let current = match meta {
+            (Some(epoch), base) => match epoch.parse::<Epoch>() {
+                Ok(epoch) => Some((epoch, base.unwrap_or(0))),
+                Err(error) => {
+                    tracing::warn!(%error, topic = %topic, "Unreadable epoch in the topic's meta");
+                    None
+                }
+            },
+            (None, _) => None,
+        };
+        if let Some(follow) = watched.get_mut(topic) {
+            let before = *follow;
+            follow.realign(current);
+            if follow.seq != before.seq {
+                tracing::info!(topic = %topic, from = before.seq, to = follow.seq, "The topic's epoch was replaced in Redis; following the new one from its start");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: Epoch = Epoch(7);
+    const NEW: Epoch = Epoch(9);
+
+    #[test]
+    fn a_replaced_epoch_moves_the_reader_back_to_its_start() {
+        // A busy topic: the reader is past the clock the new epoch starts at.
+        let mut follow = Follow {
+            seq: 5_000_000,
+            epoch: Some(OLD),
+        };
+        follow.realign(Some((NEW, 1_000)));
+        assert_eq!(
+            follow,
+            Follow {
+                seq: 1_000,
+                epoch: Some(NEW)
+            }
+        );
+    }
+
+    #[test]
+    fn the_same_epoch_leaves_the_reader_where_it_is() {
+        let mut follow = Follow {
+            seq: 5_000_000,
+            epoch: Some(OLD),
+        };
+        follow.realign(Some((OLD, 1_000)));
+        assert_eq!(
+            follow,
+            Follow {
+                seq: 5_000_000,
+                epoch: Some(OLD)
+            }
+        );
+    }
+
+    #[test]
+    fn a_reader_behind_the_new_start_keeps_its_place() {
+        let mut follow = Follow {
+            seq: 10,
+            epoch: Some(OLD),
+        };
+        follow.realign(Some((NEW, 1_000)));
+        assert_eq!(
+            follow,
+            Follow {
+                seq: 10,
+                epoch: Some(NEW)
+            }
+        );
+    }
+
+    #[test]
+    fn a_topic_without_messages_changes_nothing() {
+        let mut follow = Follow {
+            seq: 0,
+            epoch: None,
+        };
+        follow.realign(None);
+        assert_eq!(
+            follow,
+            Follow {
+                seq: 0,
+                epoch: None
+            }
+        );
+        follow.realign(Some((NEW, 1_000)));
+        assert_eq!(
+            follow,
+            Follow {
+                seq: 0,
+                epoch: Some(NEW)
+            }
+        );
     }
 }
