@@ -12,6 +12,7 @@
 #   CARGO_TARGET_DIR [target]   where the release binaries and the Wasm modules are
 #   BENCH_PROFILE [release]     cargo profile folder of the native binaries
 #   BENCH_PORT_BASE [28000]     ports used: base+0 .. base+380 on 127.0.0.1
+#   BENCH_OUT [bench/out]       raw results (results/) and the servers' logs (run/)
 #   SIDESTREAM_BIN_DIR [$CARGO_TARGET_DIR/$BENCH_PROFILE]  sidestream-push, sidestream-control-plane
 #   SIDESTREAM_WASM             the sidestream filter module
 #                               [$CARGO_TARGET_DIR/wasm32-wasip1/wasm-release/sidestream_filter.wasm]
@@ -23,14 +24,18 @@
 #   FILTER_RATE [3000]          fixed request rate of the latency run
 #   FILTER_VARIANTS ["none empty-wasm sidestream lua"]
 #   PROPAGATION_UPDATES [250]
-#   PUSH_SERVERS ["sidestream nchan pushpin"]
-#   PUSH_PARTS ["memory latency saturation otlp"]  which push measurements to run
-#                               (otlp: the fan-out with span export off, then on, sidestream only)
+#   PUSH_SERVERS ["sidestream-epoll sidestream-uring nchan pushpin"]  sidestream-push's variants
+#                               (flags per variant: SIDESTREAM_VARIANT_ARGS below) and its peers
+#   PUSH_PARTS ["memory latency saturation rates otlp"]  which push measurements to run
+#                               (rates: server CPU per delivery against message rate;
+#                               otlp: the fan-out with span export off, then on, sidestream only)
 #   PUSH_IDLE [18000]           idle SSE connections held
 #   PUSH_SUBSCRIBERS [10000]    fan-out subscribers
 #   PUSH_STEPS ["1:10,2:10,5:10,10:10,20:10,40:10,80:10,160:10,240:10"]  saturation ladder (publish/s:seconds)
 #   PUSH_SWEEP ["1000 2500 5000 10000"]  subscriber counts of the latency sweep
 #   PUSH_SWEEP_RATE [2]         publish/s in the latency sweep (2 × 10,000 = 20,000 deliveries/s)
+#   PUSH_RATES ["1:5,2:5,5:5,10:5,20:5,40:5"]  steps (publish/s:seconds) of the rate sweep
+#   PUSH_RATE_SUBSCRIBERS [10000]  subscribers of the rate sweep
 #   PUSH_CLIENT_THREADS [2]     load-client runtime threads
 #   PUSH_CONNECT_CONCURRENCY [256]  subscriber connection attempts in flight
 #   PUSH_PAYLOAD_BYTES [128]    message data size
@@ -51,7 +56,7 @@ for arg in "$@"; do
   case "$arg" in
     --smoke) smoke=1 ;;
     filter|propagation|push|mesh|report) what+=("$arg") ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
     *) echo "bench: unknown argument '$arg' (filter, propagation, push, mesh, report, --smoke)" >&2; exit 64 ;;
   esac
 done
@@ -65,7 +70,7 @@ WASM_DIR="$TARGET/wasm32-wasip1/wasm-release"
 SIDESTREAM_WASM=${SIDESTREAM_WASM:-$WASM_DIR/sidestream_filter.wasm}
 SERVER_BIN=${SIDESTREAM_BIN_DIR:-$BIN}
 BENCH="$BIN/sidestream-bench"
-OUT="$ROOT/bench/out"
+OUT=${BENCH_OUT:-$ROOT/bench/out}
 RESULTS="$OUT/results"
 RUN="$OUT/run"
 SERVER_CPU=${BENCH_SERVER_CPU:-0}
@@ -94,6 +99,7 @@ if [ "$smoke" = 1 ]; then
   PUSH_IDLE=${PUSH_IDLE:-300} PUSH_SUBSCRIBERS=${PUSH_SUBSCRIBERS:-200}
   PUSH_STEPS=${PUSH_STEPS:-2:2,5:2} PUSH_SWEEP=${PUSH_SWEEP:-100 200}
   PUSH_SWEEP_SECONDS=${PUSH_SWEEP_SECONDS:-2}
+  PUSH_RATES=${PUSH_RATES:-2:2,10:2} PUSH_RATE_SUBSCRIBERS=${PUSH_RATE_SUBSCRIBERS:-200}
   MESH_SECONDS=${MESH_SECONDS:-2} MESH_STORM=${MESH_STORM:-500} MESH_STORM_LIMIT=${MESH_STORM_LIMIT:-100}
   PUSH_OTLP_SUBSCRIBERS=${PUSH_OTLP_SUBSCRIBERS:-100} PUSH_OTLP_STEPS=${PUSH_OTLP_STEPS:-5:2}
 fi
@@ -103,14 +109,16 @@ FILTER_CONNECTIONS=${FILTER_CONNECTIONS:-64}
 FILTER_RATE=${FILTER_RATE:-3000}
 FILTER_VARIANTS=${FILTER_VARIANTS:-none empty-wasm sidestream lua}
 PROPAGATION_UPDATES=${PROPAGATION_UPDATES:-250}
-PUSH_SERVERS=${PUSH_SERVERS:-sidestream nchan pushpin}
-PUSH_PARTS=${PUSH_PARTS:-memory latency saturation otlp}
+PUSH_SERVERS=${PUSH_SERVERS:-sidestream-epoll sidestream-uring nchan pushpin}
+PUSH_PARTS=${PUSH_PARTS:-memory latency saturation rates otlp}
 PUSH_IDLE=${PUSH_IDLE:-18000}
 PUSH_SUBSCRIBERS=${PUSH_SUBSCRIBERS:-10000}
 PUSH_STEPS=${PUSH_STEPS:-1:10,2:10,5:10,10:10,20:10,40:10,80:10,160:10,240:10}
 PUSH_SWEEP=${PUSH_SWEEP:-1000 2500 5000 10000}
 PUSH_SWEEP_RATE=${PUSH_SWEEP_RATE:-2}
 PUSH_SWEEP_SECONDS=${PUSH_SWEEP_SECONDS:-15}
+PUSH_RATES=${PUSH_RATES:-1:5,2:5,5:5,10:5,20:5,40:5}
+PUSH_RATE_SUBSCRIBERS=${PUSH_RATE_SUBSCRIBERS:-10000}
 PUSH_CLIENT_THREADS=${PUSH_CLIENT_THREADS:-2}
 PUSH_CONNECT_CONCURRENCY=${PUSH_CONNECT_CONCURRENCY:-256}
 PUSH_PAYLOAD_BYTES=${PUSH_PAYLOAD_BYTES:-128}
@@ -434,23 +442,64 @@ bench_propagation() {
 }
 
 # -------------------------------------------------------------------- push
+# The servers of the push part are sidestream-push's variants (sidestream-<v>:
+# the same binary with the flags below added) and the peers nchan, pushpin.
+declare -A SIDESTREAM_VARIANT_ARGS=(
+  [sidestream]=""
+  [sidestream-epoll]="--fanout-io epoll"
+  [sidestream-uring]="--fanout-io uring"
+)
+# A binary without a variant's flag runs that variant without it if its one
+# built-in behaviour is that variant (before io_uring, every write is epoll's);
+# any other such variant is skipped.
+SIDESTREAM_BUILT_IN=sidestream-epoll
+
+push_base() { # server : sidestream | nchan | pushpin
+  case "$1" in sidestream|sidestream-*) echo sidestream ;; *) echo "$1" ;; esac
+}
+
+# sidestream_variant_args <server> : prints the variant's flags (one a line);
+# fails (after saying why) when this binary cannot run the variant.
+sidestream_variant_args() {
+  local s=$1 flag
+  [ -n "${SIDESTREAM_VARIANT_ARGS[$s]+set}" ] \
+    || die "unknown sidestream-push variant '$s' (known: ${!SIDESTREAM_VARIANT_ARGS[*]})"
+  local args=(${SIDESTREAM_VARIANT_ARGS[$s]})
+  for flag in "${args[@]}"; do
+    [[ "$flag" == --* ]] || continue
+    if ! "$SERVER_BIN/sidestream-push" --help 2>/dev/null | grep -q -- "${flag%%=*}\b"; then
+      if [ "$s" = "$SIDESTREAM_BUILT_IN" ]; then
+        log "push: $s: $SERVER_BIN/sidestream-push has no $flag: its built-in path is $s, measured without the flag"
+        return 0
+      fi
+      log "push: $s: SKIPPED: $SERVER_BIN/sidestream-push has no $flag (this build lacks the variant)"
+      return 1
+    fi
+  done
+  printf '%s\n' "${args[@]}"
+}
+
 # start_push_server <server> [flag...] : starts it (sidestream-push with the
-# flags added) and sets SERVER_PID (the server's root process ids, space
-# separated; their descendants count too).
+# variant's and these flags added) as process push-<server> and sets
+# SERVER_PID (the server's root process ids, space separated; their
+# descendants count too).
 start_push_server() {
   local s=$1
   shift
-  case "$s" in
+  case "$(push_base "$s")" in
     sidestream) ports_free "$P_PUSH" "$P_PUSH_GRPC" ;;
     nchan) ports_free "$P_NCHAN" ;;
     pushpin) ports_free "$P_PUSHPIN" "$P_PUSHPIN_PUBLISH" "$P_GRIP_ORIGIN" "$P_PUSHPIN_PUSH_IN" "$P_PUSHPIN_PUSH_IN_SUB" "$P_PUSHPIN_COMMAND" ;;
   esac
   case "$s" in
-    sidestream)
+    sidestream|sidestream-*)
       [ -x "$SERVER_BIN/sidestream-push" ] || die "missing $SERVER_BIN/sidestream-push"
-      start push-sidestream "$SERVER_BIN/sidestream-push" --listen "127.0.0.1:$P_PUSH" --grpc-listen "127.0.0.1:$P_PUSH_GRPC" "$@"
-      wait_http push-sidestream "http://127.0.0.1:$P_PUSH/healthz/ready"
-      SERVER_PID=${PIDS[push-sidestream]} ;;
+      local variant
+      variant=$(sidestream_variant_args "$s") || die "sidestream-push cannot run variant $s"
+      start "push-$s" "$SERVER_BIN/sidestream-push" --listen "127.0.0.1:$P_PUSH" --grpc-listen "127.0.0.1:$P_PUSH_GRPC" \
+        $variant "$@"
+      wait_http "push-$s" "http://127.0.0.1:$P_PUSH/healthz/ready"
+      SERVER_PID=${PIDS[push-$s]} ;;
     nchan)
       local dir="$RUN/nchan"
       rm -rf "$dir"; mkdir -p "$dir"
@@ -480,21 +529,20 @@ start_push_server() {
 
 stop_push_server() {
   case "$1" in
-    sidestream) stop push-sidestream ;;
-    nchan) stop push-nchan ;;
     pushpin) stop push-pushpin pushpin-zurl grip-origin ;;
+    *) stop "push-$1" ;;
   esac
 }
 
 sub_url() { # server topic
-  case "$1" in
+  case "$(push_base "$1")" in
     sidestream) echo "http://127.0.0.1:$P_PUSH/v1/events?topic=$2" ;;
     nchan) echo "http://127.0.0.1:$P_NCHAN/sub/$2" ;;
     pushpin) echo "http://127.0.0.1:$P_PUSHPIN/events/$2" ;;
   esac
 }
 publish_url() { # server topic
-  case "$1" in
+  case "$(push_base "$1")" in
     sidestream) echo "http://127.0.0.1:$P_PUSH/v1/topics/$2/messages" ;;
     nchan) echo "http://127.0.0.1:$P_NCHAN/pub?id=$2" ;;
     pushpin) echo "http://127.0.0.1:$P_PUSHPIN_PUBLISH/publish/" ;;
@@ -505,7 +553,7 @@ fanout() { # server label subscribers steps sources
   local s=$1 label=$2 n=$3 steps=$4 sources=$5 topic="bench-$2-$RANDOM" pid pid_args=()
   for pid in $SERVER_PID; do pid_args+=(--server-pid "$pid"); done
   "$BENCH" --threads "$PUSH_CLIENT_THREADS" fanout --label "$label" "${pid_args[@]}" \
-    --sub-url "$(sub_url "$s" "$topic")" --publish-kind "$s" --publish-url "$(publish_url "$s" "$topic")" \
+    --sub-url "$(sub_url "$s" "$topic")" --publish-kind "$(push_base "$s")" --publish-url "$(publish_url "$s" "$topic")" \
     --topic "$topic" --subscribers "$n" --sources "$sources" --steps "$steps" \
     --connect-concurrency "$PUSH_CONNECT_CONCURRENCY" --payload-bytes "$PUSH_PAYLOAD_BYTES" \
     --out "$RESULTS/fanout-$label.json" >/dev/null
@@ -541,10 +589,15 @@ bench_otlp() {
 bench_push() {
   local s
   local parts=" $PUSH_PARTS "
-  if [[ "$parts" == *" otlp "* && " $PUSH_SERVERS " == *" sidestream "* ]]; then
+  if [[ "$parts" == *" otlp "* && " $PUSH_SERVERS " == *" sidestream"* ]]; then
     bench_otlp
   fi
   for s in $PUSH_SERVERS; do
+    if [ "$(push_base "$s")" = sidestream ] && ! sidestream_variant_args "$s" >/dev/null; then
+      # No stale results of an earlier build in this run's report.
+      rm -f "$RESULTS/memory-$s.json" "$RESULTS"/fanout-"$s"-*.json
+      continue
+    fi
     if [[ "$parts" == *" memory "* ]]; then
       rm -f "$RESULTS/memory-$s.json"
       log "push: $s: idle connections ($PUSH_IDLE) and memory"
@@ -558,7 +611,7 @@ bench_push() {
       stop_push_server "$s"
       sleep 2
     fi
-    [[ "$parts" == *" latency "* || "$parts" == *" saturation "* ]] || continue
+    [[ "$parts" == *" latency "* || "$parts" == *" saturation "* || "$parts" == *" rates "* ]] || continue
 
     start_push_server "$s"
     local n k=0 sweep=""
@@ -577,6 +630,13 @@ bench_push() {
       rm -f "$RESULTS/fanout-$s-saturation.json"
       log "push: $s: fan-out saturation, $PUSH_SUBSCRIBERS subscribers, steps $PUSH_STEPS"
       fanout "$s" "$s-saturation" "$PUSH_SUBSCRIBERS" "$PUSH_STEPS" 127.0.0.40-127.0.0.47
+      alive "push-$s"
+    fi
+    if [[ "$parts" == *" rates "* ]]; then
+      rm -f "$RESULTS/fanout-$s-rates.json"
+      [[ "$parts" != *" saturation "* ]] || sleep 2
+      log "push: $s: CPU per delivery against message rate, $PUSH_RATE_SUBSCRIBERS subscribers, steps $PUSH_RATES"
+      fanout "$s" "$s-rates" "$PUSH_RATE_SUBSCRIBERS" "$PUSH_RATES" 127.0.0.60-127.0.0.67
       alive "push-$s"
     fi
     if [ "$s" = pushpin ]; then
@@ -629,11 +689,27 @@ json.dump(c, open(out, "w"), indent=1)
 EOF
 }
 
-redis_calls() { # : "<command calls> <EVAL/EVALSHA calls>" since Redis started, INFO left out
+redis_calls() { # : "<command calls> <EVAL/EVALSHA calls> <their usec>" since Redis started, INFO left out
   redis-cli -p "$P_MESH_REDIS" info commandstats | tr -d '\r' | awk -F'[:=,]' '
     /^cmdstat_/ { name = $1; sub("cmdstat_", "", name); if (name == "info") next;
-                  all += $3; if (name ~ /^eval/) scripts += $3 }
-    END { print all + 0, scripts + 0 }'
+                  all += $3; if (name ~ /^eval/) { scripts += $3; usec += $5 } }
+    END { print all + 0, scripts + 0, usec + 0 }'
+}
+
+mesh_cpu() { # : "<process> <CPU ticks>" of the mesh run's servers, then "machine <busy> <total>" (all cores)
+  local name
+  for name in mesh-redis mesh-limiter mesh-envoy-0 mesh-envoy-1 mesh-upstream; do
+    echo "$name $(cpu_ticks "${PIDS[$name]}")"
+  done
+  awk '$1 == "cpu" { busy = $2 + $3 + $4 + $7 + $8; print "machine", busy, busy + $5 + $6 }' /proc/stat
+}
+
+mesh_rtt() { # : Envoy 0's and 1's limiter round trip histograms (interval and cumulative quantiles, µs)
+  local i
+  for i in 0 1; do
+    curl -fsS "http://127.0.0.1:$((P_MESH_ENVOY + 2 * i + 1))/stats?filter=wasmcustom.sidestream.mesh_rtt_us" |
+      sed "s/^/envoy-$i /"
+  done
 }
 
 mesh_fallbacks() { # : mesh fallbacks (timeout, error, unavailable) counted by the three Envoys so far
@@ -673,9 +749,14 @@ bench_mesh() {
     for rate in $MESH_RATES; do
       log "mesh: $scope-scoped policy, $rate opens/s over two Envoys for ${MESH_SECONDS}s"
       before=$(redis_calls) fallbacks=$(mesh_fallbacks)
+      mesh_cpu >"$RESULTS/mesh-$scope-$rate-cpu-before.txt"
+      curl -fsS "http://127.0.0.1:$P_MESH_LIMITER_ADMIN/metrics" >"$RESULTS/mesh-$scope-$rate-limiter-before.txt"
       "$BENCH" opens "${two[@]}" --tenant "rate-$scope-$rate" --rate "$rate" --duration "$MESH_SECONDS" \
         --warmup 3 --connections 32 --label "$scope-$rate" --out "$RESULTS/mesh-$scope-$rate.json" >/dev/null
       after=$(redis_calls)
+      mesh_cpu >"$RESULTS/mesh-$scope-$rate-cpu-after.txt"
+      curl -fsS "http://127.0.0.1:$P_MESH_LIMITER_ADMIN/metrics" >"$RESULTS/mesh-$scope-$rate-limiter-after.txt"
+      mesh_rtt >"$RESULTS/mesh-$scope-$rate-rtt.txt"
       echo "$before $after" >"$RESULTS/mesh-$scope-$rate-redis.txt"
       echo $(($(mesh_fallbacks) - fallbacks)) >"$RESULTS/mesh-$scope-$rate-fallbacks.txt"
       for i in 0 1 2; do alive "mesh-envoy-$i"; done

@@ -5,7 +5,7 @@
 //! `conditions.json`, `filter-<variant>-wrk.txt`, `filter-<variant>-cpu.txt`,
 //! `filter-<variant>-latency.json`, `propagation.json`,
 //! `memory-<server>.json`, `fanout-<server>-saturation.json`,
-//! `fanout-<server>-subs-<n>.json`, `fanout-otlp-off.json`,
+//! `fanout-<server>-subs-<n>.json`, `fanout-<server>-rates.json`, `fanout-otlp-off.json`,
 //! `fanout-otlp-on.json`, `otlp-sink.json`.
 
 use std::collections::BTreeMap;
@@ -17,6 +17,7 @@ use serde_json::Value;
 
 mod mesh;
 mod plots;
+mod push;
 
 /// Filter variants in report order: (file name part, label).
 pub const VARIANTS: [(&str, &str); 4] = [
@@ -26,9 +27,11 @@ pub const VARIANTS: [(&str, &str); 4] = [
     ("lua", "Lua equivalent"),
 ];
 
-/// Push servers in report order: (file name part, label).
-pub const SERVERS: [(&str, &str); 3] = [
-    ("sidestream", "sidestream-push"),
+/// Push servers in report order: (file name part, label). sidestream-push's
+/// variants are `scripts/bench.sh`'s `SIDESTREAM_VARIANT_ARGS`.
+pub const SERVERS: [(&str, &str); 4] = [
+    ("sidestream-epoll", "sidestream-push (epoll)"),
+    ("sidestream-uring", "sidestream-push (io_uring)"),
     ("nchan", "Nchan"),
     ("pushpin", "Pushpin"),
 ];
@@ -71,6 +74,8 @@ pub struct Results {
     pub saturation: BTreeMap<String, Value>,
     /// server → subscribers → result
     pub sweep: BTreeMap<String, BTreeMap<u64, Value>>,
+    /// server → the rate sweep (one step per message rate)
+    pub rates: BTreeMap<String, Value>,
     /// "received message out of sequence" lines in Pushpin's logs.
     pub pushpin_out_of_sequence: Option<u64>,
     /// The tracing-overhead fan-out: span export "off" and "on".
@@ -108,13 +113,25 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
             "{{PROPAGATION_PLOTS}}",
             figure("propagation.svg", "propagation latency"),
         ),
-        ("{{MEMORY_TABLE}}", memory_table(&results)),
+        ("{{PUSH_TARGETS_TABLE}}", push::targets_table(&results)),
+        ("{{MEMORY_TABLE}}", push::memory_table(&results)),
         (
             "{{MEMORY_PLOTS}}",
             figure("push-memory.svg", "memory per connection"),
         ),
-        ("{{FANOUT_SATURATION_TABLE}}", saturation_table(&results)),
-        ("{{FANOUT_LATENCY_TABLE}}", sweep_table(&results)),
+        (
+            "{{FANOUT_SATURATION_TABLE}}",
+            push::saturation_table(&results),
+        ),
+        ("{{FANOUT_LATENCY_TABLE}}", push::sweep_table(&results)),
+        ("{{FANOUT_RATE_TABLE}}", push::rates_table(&results)),
+        (
+            "{{FANOUT_RATE_PLOTS}}",
+            figure(
+                "push-cpu-vs-rate.svg",
+                "server CPU per delivery vs message rate",
+            ),
+        ),
         ("{{OTLP_OVERHEAD_TABLE}}", otlp_table(&results)),
         ("{{MESH_OPEN_TABLE}}", mesh::open_table(&args.results)),
         ("{{MESH_STORM_TABLE}}", mesh::storm_table(&args.results)),
@@ -199,6 +216,9 @@ pub fn load(dir: &Path) -> anyhow::Result<Results> {
         }
         if let Some(j) = read_json(&format!("fanout-{s}-saturation.json")) {
             r.saturation.insert(s.to_owned(), j);
+        }
+        if let Some(j) = read_json(&format!("fanout-{s}-rates.json")) {
+            r.rates.insert(s.to_owned(), j);
         }
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -490,144 +510,11 @@ fn propagation_table(r: &Results) -> String {
     )
 }
 
-fn memory_table(r: &Results) -> String {
-    if r.memory.is_empty() {
-        return missing("Idle-connection benchmark");
-    }
-    let side = r
-        .memory
-        .get("sidestream")
-        .and_then(|m| num(m, &["rss_per_connection_bytes"]));
-    let mut s = String::from(
-        "| server | connections held | failed | closed early | RSS before (MiB) | RSS after (MiB) | RSS / connection | PSS / connection | sidestream uses |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-    );
-    for (k, label) in SERVERS {
-        let Some(m) = r.memory.get(k) else {
-            let _ = writeln!(s, "| {label} | not measured | | | | | | | |");
-            continue;
-        };
-        let g = |f: &str| num(m, &[f]).unwrap_or(0.0);
-        let per = g("rss_per_connection_bytes");
-        let vs = match side {
-            Some(sv) if k != "sidestream" && per > 0.0 => format!("{:.0}%", 100.0 * sv / per),
-            _ => "–".into(),
-        };
-        let _ = writeln!(
-            s,
-            "| {label} | {:.0} | {} | {:.0} | {:.1} | {:.1} | {:.0} B ({:.2} KiB) | {:.0} B | {vs} |",
-            g("connected") - g("closed_before_stop"),
-            with_retries(m, "failed", "connect_retries"),
-            g("closed_before_stop"),
-            g("rss_before_kib") / 1024.0,
-            g("rss_after_kib") / 1024.0,
-            per,
-            per / 1024.0,
-            g("pss_per_connection_bytes"),
-        );
-    }
-    s
-}
-
-fn saturation_table(r: &Results) -> String {
-    if r.saturation.is_empty() {
-        return missing("Fan-out saturation benchmark");
-    }
-    let side = r
-        .saturation
-        .get("sidestream")
-        .and_then(|m| num(m, &["max_delivered_per_s"]));
-    let mut s = String::from(
-        "| server | subscribers connected | max delivered msgs/s | sidestream ratio | step (publish/s → offered/s → delivered/s, loss, p99) |\n\
-         | --- | ---: | ---: | ---: | --- |\n",
-    );
-    for (k, label) in SERVERS {
-        let Some(m) = r.saturation.get(k) else {
-            let _ = writeln!(s, "| {label} | not measured | | | |");
-            continue;
-        };
-        let max = num(m, &["max_delivered_per_s"]).unwrap_or(0.0);
-        let ratio = match side {
-            Some(sv) if k != "sidestream" && max > 0.0 => format!("{:.2}×", sv / max),
-            _ => "–".into(),
-        };
-        let steps: Vec<String> = m
-            .get("steps")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|st| {
-                        format!(
-                            "{:.0} → {:.0} → {:.0}, {:.1}%, {:.0} ms",
-                            num(st, &["publish_rate"]).unwrap_or(0.0),
-                            num(st, &["offered_per_s"]).unwrap_or(0.0),
-                            num(st, &["delivered_per_s"]).unwrap_or(0.0),
-                            100.0 * num(st, &["loss_ratio"]).unwrap_or(0.0),
-                            num(st, &["latency", "p99_ms"]).unwrap_or(0.0),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "| {label} | {} | {max:.0} | {ratio} | {} |",
-            with_retries(m, "connected", "connect_retries"),
-            steps.join("<br>")
-        );
-    }
-    if let Some(n) = r.pushpin_out_of_sequence {
-        let _ = writeln!(
-            s,
-            "\nPushpin logged {n} \"received message out of sequence\" stream cancellations during its fan-out runs."
-        );
-    }
-    s
-}
-
 /// The first step of a fan-out result (a latency-sweep run has one).
 fn first_step(m: &Value) -> Option<&Value> {
     m.get("steps")
         .and_then(Value::as_array)
         .and_then(|a| a.first())
-}
-
-fn sweep_table(r: &Results) -> String {
-    if r.sweep.is_empty() {
-        return missing("Fan-out latency benchmark");
-    }
-    let mut s = String::from(
-        "| server | subscribers | publish/s | delivered/s | loss | p50 (ms) | p99 (ms) | max (ms) | server CPU per delivery (µs) | client CPU per delivery (µs) |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-    );
-    for (k, label) in SERVERS {
-        let Some(by_n) = r.sweep.get(k) else {
-            continue;
-        };
-        for (n, m) in by_n {
-            let Some(st) = first_step(m) else {
-                continue;
-            };
-            let cpu = |field: &str| {
-                num(st, &[field])
-                    .map(|us| format!("{us:.1}"))
-                    .unwrap_or("–".into())
-            };
-            let _ = writeln!(
-                s,
-                "| {label} | {n} | {:.0} | {:.0} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {} |",
-                num(st, &["publish_rate"]).unwrap_or(0.0),
-                num(st, &["delivered_per_s"]).unwrap_or(0.0),
-                100.0 * num(st, &["loss_ratio"]).unwrap_or(0.0),
-                num(st, &["latency", "p50_ms"]).unwrap_or(0.0),
-                num(st, &["latency", "p99_ms"]).unwrap_or(0.0),
-                num(st, &["latency", "max_ms"]).unwrap_or(0.0),
-                cpu("server_cpu_us_per_delivery"),
-                cpu("client_cpu_us_per_delivery"),
-            );
-        }
-    }
-    s
 }
 
 /// Fan-out with span export off and on: the server's CPU per delivery side
@@ -766,7 +653,7 @@ mod tests {
                "set_response_header": 150, "get_present_header": 500, "get_absent_header": 100}}"#,
         );
         w(
-            "fanout-sidestream-subs-10000.json",
+            "fanout-sidestream-epoll-subs-10000.json",
             r#"{"steps": [{"publish_rate": 2, "delivered_per_s": 20000, "loss_ratio": 0,
                "latency": {"p50_ms": 36.8, "p99_ms": 74.7, "max_ms": 80.4},
                "server_cpu_us_per_delivery": 9.81, "client_cpu_us_per_delivery": 4.3}]}"#,
@@ -776,7 +663,7 @@ mod tests {
             "server core 99.0% busy, client core 60.0% busy\n",
         );
         w(
-            "memory-sidestream.json",
+            "memory-sidestream-epoll.json",
             r#"{"connected": 18000, "closed_before_stop": 0, "failed": 0, "rss_before_kib": 10000,
                "rss_after_kib": 130000, "rss_per_connection_bytes": 6826.0, "connections_requested": 18000}"#,
         );
@@ -817,12 +704,12 @@ mod tests {
         assert!(md.contains("at most **94.2%**"), "{md}");
         assert!(
             md.contains(
-                "| sidestream-push | 10000 | 2 | 20000 | 0.00% | 36.8 | 74.7 | 80.4 | 9.8 | 4.3 |"
+                "| sidestream-push (epoll) | 10000 | 2 | 20000 | 0.00% | 36.8 | 74.7 | 80.4 | 9.81 | 4.30 | – | – |"
             ),
             "{md}"
         );
         assert!(
-            md.contains("| Nchan | 18000 |") && md.contains("| 50% |"),
+            md.contains("| Nchan | 18000 |") && md.contains("| 0.50× |"),
             "{md}"
         );
         assert!(

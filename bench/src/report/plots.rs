@@ -6,6 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde_json::Value;
 
+use super::push::{self, BASELINE, TARGET_CPU_RATIO, TARGET_IDLE_KIB};
 use super::{first_step, num, Results, SERVERS, VARIANTS};
 
 const COLORS: [RGBColor; 4] = [
@@ -60,6 +61,11 @@ pub fn draw_all(r: &Results, dir: &Path) -> anyhow::Result<Vec<String>> {
         "push-latency-vs-subscribers.svg",
         &|p| push_latency(r, p),
         !r.sweep.is_empty(),
+    )?;
+    one(
+        "push-cpu-vs-rate.svg",
+        &|p| push_cpu_vs_rate(r, p),
+        !r.rates.is_empty(),
     )?;
     Ok(written)
 }
@@ -324,7 +330,10 @@ fn push_memory(r: &Results, path: &Path) -> DrawResult {
         &format!("Server RSS per idle SSE connection ({conns:.0} connections)"),
         "KiB of server RSS per connection",
         &data,
-        Some(("target for sidestream-push: 8 KiB".to_owned(), 8.0)),
+        Some((
+            format!("target for sidestream-push: < {TARGET_IDLE_KIB} KiB"),
+            TARGET_IDLE_KIB,
+        )),
     )
 }
 
@@ -487,18 +496,6 @@ fn push_latency(r: &Results, path: &Path) -> DrawResult {
         .y_desc("publish-to-receive latency (ms)")
         .draw()
         .map_err(err)?;
-    if max_y > 50.0 {
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(0.0, 50.0), (max_x, 50.0)],
-                8,
-                5,
-                BLACK.stroke_width(1),
-            ))
-            .map_err(err)?
-            .label("p99 target: 50 ms")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
-    }
     for (label, pts, c, dashed) in &series {
         let c = *c;
         let style = if *dashed {
@@ -522,4 +519,130 @@ fn push_latency(r: &Results, path: &Path) -> DrawResult {
             .map_err(err)?;
     }
     legend_and_present(&mut chart, &root)
+}
+
+/// One server's line: (index in SERVERS, label, points).
+type Line<'a> = (usize, &'a str, Vec<(f64, f64)>);
+
+/// Server CPU per delivery against message rate (the rate sweep), one line
+/// per server, and the target line at 0.8 × Nchan's.
+fn push_cpu_vs_rate(r: &Results, path: &Path) -> DrawResult {
+    let series: Vec<Line> = SERVERS
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (k, label))| {
+            let m = r.rates.get(*k)?;
+            let pts: Vec<(f64, f64)> = m
+                .get("steps")
+                .and_then(Value::as_array)?
+                .iter()
+                .filter_map(|st| {
+                    Some((
+                        num(st, &["publish_rate"])?,
+                        num(st, &["server_cpu_us_per_delivery"])?,
+                    ))
+                })
+                .filter(|(rate, _)| *rate > 0.0)
+                .collect();
+            Some((i, *label, pts))
+        })
+        .collect();
+    let rates = push::sweep_rates(r);
+    let min_x = rates.first().copied().unwrap_or(1.0).max(1e-3) / 1.3;
+    let max_x = rates.last().copied().unwrap_or(1.0).max(min_x * 2.0) * 1.3;
+    let max_y = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.2;
+    let subs = r
+        .rates
+        .values()
+        .filter_map(|m| num(m, &["connected"]))
+        .fold(0.0, f64::max);
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Server CPU per delivery vs message rate ({subs:.0} SSE subscribers)"),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((min_x..max_x).log_scale(), 0.0..max_y)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("messages published per second (log)")
+        .y_desc("server CPU per delivery (µs, user + system)")
+        .x_label_formatter(&|v| format_rate(*v))
+        .draw()
+        .map_err(err)?;
+    if let Some((_, _, base)) = series.iter().find(|s| SERVERS[s.0].0 == BASELINE) {
+        chart
+            .draw_series(DashedLineSeries::new(
+                base.iter().map(|(x, y)| (*x, y * TARGET_CPU_RATIO)),
+                8,
+                5,
+                BLACK.mix(0.6).stroke_width(1),
+            ))
+            .map_err(err)?
+            .label(format!(
+                "target for sidestream-push: {TARGET_CPU_RATIO} × Nchan"
+            ))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.6)));
+    }
+    for (i, label, pts) in &series {
+        let c = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))
+            .map_err(err)?;
+    }
+    legend_and_present(&mut chart, &root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_vs_rate_plot_draws_every_server_and_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |us: [f64; 3]| {
+            let steps: Vec<String> = [1.0, 5.0, 40.0]
+                .iter()
+                .zip(us)
+                .map(|(rate, us)| {
+                    format!(r#"{{"publish_rate": {rate}, "server_cpu_us_per_delivery": {us}}}"#)
+                })
+                .collect();
+            format!(r#"{{"connected": 10000, "steps": [{}]}}"#, steps.join(","))
+        };
+        let w = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        w("fanout-sidestream-epoll-rates.json", run([12.0, 9.0, 6.0]));
+        w("fanout-sidestream-uring-rates.json", run([9.0, 7.0, 5.0]));
+        w("fanout-nchan-rates.json", run([11.0, 10.0, 10.5]));
+        let r = super::super::load(dir.path()).unwrap();
+        let written = draw_all(&r, dir.path()).unwrap();
+        assert_eq!(written, vec!["push-cpu-vs-rate.svg"]);
+        let svg = std::fs::read_to_string(dir.path().join("push-cpu-vs-rate.svg")).unwrap();
+        for text in [
+            "10000 SSE subscribers",
+            "sidestream-push (epoll)",
+            "sidestream-push (io_uring)",
+            "Nchan",
+            "0.8 × Nchan",
+        ] {
+            assert!(svg.contains(text), "{text} missing from the plot");
+        }
+        // One marker per step and server.
+        assert_eq!(svg.matches("<circle").count(), 9, "{svg}");
+    }
 }
