@@ -3,9 +3,10 @@
 #   target/wasm32-wasip1/wasm-release/sidestream_filter.wasm
 # Uses rustup's wasm32-wasip1 target when it is installed; otherwise Debian's
 # rustc-web with build-std (see DEVELOPERS.md).
-# The sidestream filter is then trimmed to the exports in filter/exports.txt
-# (binaryen's wasm-metadce); cargo's untrimmed module stays beside it as
-# sidestream_filter.untrimmed.wasm.
+# The sidestream filter (and the benchmark's empty filter) is then trimmed to
+# the exports in filter/exports.txt (binaryen's wasm-metadce, plus a rename of
+# one export: see filter/src/stream_end.rs); cargo's untrimmed module stays
+# beside it as <name>.untrimmed.wasm.
 #   scripts/build-filter.sh [-p CRATE]...   (default: -p sidestream-filter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,11 +37,14 @@ build() {
     -Zbuild-std=std,panic_abort "${pkgs[@]}"
 }
 
-# Keeps only the exports filter/exports.txt lists, and the code they reach.
-trim_filter() {
+# Keeps only the exports filter/exports.txt lists, and the code they reach;
+# a line `NAME = SYMBOL` keeps the export SYMBOL and ships it named NAME.
+#   trim_module <lib name>   (sidestream_filter, sidestream_empty_filter)
+trim_module() {
+  local lib=$1
   local out=${CARGO_TARGET_DIR:-target}/wasm32-wasip1/wasm-release
   # cargo's own output: the module above it is a hard link to it, or our trimmed copy.
-  local built=$out/deps/sidestream_filter.wasm
+  local built=$out/deps/$lib.wasm
   if ! command -v wasm-metadce >/dev/null 2>&1; then
     echo "build-filter: wasm-metadce (Debian package binaryen) is missing; run scripts/install-deps.sh build" >&2
     exit 1
@@ -49,34 +53,103 @@ trim_filter() {
     echo "build-filter: cargo's module $built is missing" >&2
     exit 1
   fi
-  local names=() line
+  local keep=() renames=() line name symbol
   while IFS= read -r line; do
     line=${line%%#*}
     line=${line//[[:space:]]/}
-    [ -z "$line" ] || names+=("$line")
+    [ -n "$line" ] || continue
+    name=${line%%=*} symbol=${line#*=}
+    if [ -z "$name" ] || [ -z "$symbol" ] || [[ "$symbol" == *=* ]]; then
+      echo "build-filter: filter/exports.txt: '$line' is neither NAME nor NAME = SYMBOL" >&2
+      exit 1
+    fi
+    keep+=("$symbol")
+    [ "$name" = "$symbol" ] || renames+=("$symbol=$name")
   done <filter/exports.txt
-  if [ ${#names[@]} -eq 0 ]; then
+  if [ ${#keep[@]} -eq 0 ]; then
     echo "build-filter: filter/exports.txt lists no export" >&2
     exit 1
   fi
   # The reachability graph: the host (the root) reaches each kept export; an
   # export the graph does not reach is removed, then the code nothing reaches.
-  local graph=$out/sidestream_filter.exports.json name reaches="" nodes=""
-  for name in "${names[@]}"; do
+  local graph=$out/$lib.exports.json reaches="" nodes=""
+  for name in "${keep[@]}"; do
     reaches+="${reaches:+, }\"export:$name\""
     nodes+=$',\n'"  {\"name\": \"export:$name\", \"export\": \"$name\"}"
   done
   printf '[\n  {"name": "host", "root": true, "reaches": [%s]}%s\n]\n' "$reaches" "$nodes" >"$graph"
-  cp "$built" "$out/sidestream_filter.untrimmed.wasm"
+  cp "$built" "$out/$lib.untrimmed.wasm"
   # -g keeps the names section: function names in Envoy's backtraces.
-  wasm-metadce -g --graph-file "$graph" "$built" -o "$out/sidestream_filter.wasm.tmp" >/dev/null
+  wasm-metadce -g --graph-file "$graph" "$built" -o "$out/$lib.wasm.tmp" >/dev/null
+  [ ${#renames[@]} -eq 0 ] || rename_exports "$out/$lib.wasm.tmp" "${renames[@]}"
   # A new file rather than a write through cargo's hard link into deps/.
-  mv -f "$out/sidestream_filter.wasm.tmp" "$out/sidestream_filter.wasm"
+  mv -f "$out/$lib.wasm.tmp" "$out/$lib.wasm"
+}
+
+# rename_exports <module> <from=to>... : renames exports in place (the export
+# section only; binaryen has no pass for it). Fails on a name that is not
+# exported or a rename onto a name already exported.
+rename_exports() {
+  python3 - "$@" <<'EOF'
+import sys
+
+path, renames = sys.argv[1], dict(arg.split("=", 1) for arg in sys.argv[2:])
+
+def leb(buf, i):
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+def uleb(value):
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+data = open(path, "rb").read()
+if data[:8] != b"\0asm\x01\0\0\0":
+    sys.exit(f"build-filter: {path} is not a Wasm module")
+out, i, renamed = bytearray(data[:8]), 8, set()
+while i < len(data):
+    section = data[i]
+    size, start = leb(data, i + 1)
+    body, i = data[start:start + size], start + size
+    if section == 7:  # exports: name, kind, index
+        count, k = leb(body, 0)
+        names, entries = [], bytearray(uleb(count))
+        for _ in range(count):
+            n, k = leb(body, k)
+            name, k = body[k:k + n].decode(), k + n
+            _, end = leb(body, k + 1)
+            rest, k = body[k:end], end
+            if name in renames:
+                renamed.add(name)
+                name = renames[name]
+            names.append(name)
+            entries += uleb(len(name.encode())) + name.encode() + rest
+        if len(set(names)) != len(names):
+            sys.exit(f"build-filter: renaming {renames} in {path} would export a name twice")
+        body = bytes(entries)
+    out += bytes([section]) + uleb(len(body)) + body
+missing = set(renames) - renamed
+if missing:
+    sys.exit(f"build-filter: {path} does not export {sorted(missing)} (filter/exports.txt)")
+open(path, "wb").write(out)
+EOF
 }
 
 build
+# The filter and the benchmark's empty filter ship trimmed to the same exports.
 for arg in "${pkgs[@]}"; do
-  if [ "$arg" = sidestream-filter ] || [ "$arg" = -psidestream-filter ]; then
-    trim_filter
-  fi
+  case "$arg" in
+    sidestream-filter|-psidestream-filter) trim_module sidestream_filter ;;
+    sidestream-empty-filter|-psidestream-empty-filter) trim_module sidestream_empty_filter ;;
+  esac
 done

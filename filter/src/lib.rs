@@ -7,7 +7,8 @@
 //! - [`host`]: the host calls behind a trait ([`host::ProxyWasmHost`] in Envoy, a
 //!   fake in unit tests); [`shared`]: compare-and-swap updates of shared data.
 //! - [`metrics`]: the Envoy stats (names, help texts, where they show).
-//! - `glue` (Wasm only): the proxy-wasm root and HTTP contexts.
+//! - `glue` (Wasm only): the proxy-wasm root and HTTP contexts; `stream_end`
+//!   (Wasm only): `proxy_on_done` and `proxy_on_delete` in one VM entry.
 //!
 //! The decisions themselves are `sidestream_core`'s.
 
@@ -23,6 +24,9 @@ pub mod vm;
 // Built for Wasm; clippy checks it natively too.
 #[cfg(any(target_arch = "wasm32", clippy))]
 mod glue;
+// The stream's end in one VM entry (the module's `proxy_on_done`).
+#[cfg(any(target_arch = "wasm32", clippy))]
+mod stream_end;
 
 // The fake host of the unit tests; public for the fuzz targets (fuzz/).
 #[cfg(any(test, feature = "fuzzing"))]
