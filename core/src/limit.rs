@@ -145,6 +145,16 @@ impl StreamLimitPolicy {
         }
     }
 
+    /// Whether [`StreamLimitPolicy::key`] would use the client address for
+    /// this request, so the caller asks the host for it only then.
+    pub fn needs_client_address(&self, request: &impl RequestView) -> bool {
+        match &self.key {
+            LimitKey::Route => false,
+            LimitKey::ClientAddress => true,
+            LimitKey::Header(name) => request.header(name).is_none_or(str::is_empty),
+        }
+    }
+
     /// The `ratelimit-policy` header value: `5;w=1;burst=5` (quota per
     /// window `w` seconds), plus `;concurrent=20` when capped.
     pub fn ratelimit_policy(&self) -> String {

@@ -133,6 +133,8 @@ pub struct FakeHost {
     pub grpc_calls: RefCell<Vec<GrpcCall>>,
     /// Times the request was resumed after a pause.
     pub resumed: Cell<u32>,
+    /// Every host call made, in order (by its failure name).
+    pub calls: RefCell<Vec<&'static str>>,
     next_token: Cell<u32>,
 }
 
@@ -154,6 +156,7 @@ impl FakeHost {
             grpc_cancelled: RefCell::new(Vec::new()),
             grpc_calls: RefCell::new(Vec::new()),
             resumed: Cell::new(0),
+            calls: RefCell::new(Vec::new()),
             next_token: Cell::new(1),
         }
     }
@@ -187,6 +190,7 @@ impl FakeHost {
     }
 
     fn check(&self, call: &'static str) -> Result<(), HostError> {
+        self.calls.borrow_mut().push(call);
         if self.failing.borrow().contains(call) {
             Err(HostError::new(call, "InternalFailure"))
         } else {
@@ -196,9 +200,9 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
-    fn request_headers(&self) -> Result<Vec<(String, String)>, HostError> {
+    fn request_headers(&self) -> Result<Vec<u8>, HostError> {
         self.check("request_headers")?;
-        Ok(self.request.borrow().clone())
+        Ok(crate::request::serialize_pairs(&self.request.borrow()))
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) -> Result<(), HostError> {

@@ -76,8 +76,10 @@ pub enum GrpcCode {
 
 /// The host calls of an HTTP stream and its VM.
 pub trait Host {
-    /// All request headers (lowercase names, pseudo-headers included).
-    fn request_headers(&self) -> Result<Vec<(String, String)>, HostError>;
+    /// All request headers (lowercase names, pseudo-headers included), as
+    /// the host serialises a header map (read by
+    /// [`crate::request::RequestHeaders::parse`]); empty when there are none.
+    fn request_headers(&self) -> Result<Vec<u8>, HostError>;
     /// Sets (or with `None` removes) a request header.
     fn set_request_header(&self, name: &str, value: Option<&str>) -> Result<(), HostError>;
     /// Adds a response header (used from the response-headers callback).

@@ -51,37 +51,6 @@ pub struct RequestFlow {
     mesh_stream: Option<(String, String)>,
 }
 
-/// Merged request headers: duplicates joined (`cookie` with `; `, others with
-/// `, `), so one lookup sees every value.
-#[derive(Debug, Default)]
-pub struct RequestHeaders(Vec<(String, String)>);
-
-impl RequestHeaders {
-    /// Joins repeated headers.
-    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
-        let mut merged: Vec<(String, String)> = Vec::with_capacity(pairs.len());
-        for (name, value) in pairs {
-            match merged.iter_mut().find(|(seen, _)| *seen == name) {
-                Some((_, existing)) => {
-                    existing.push_str(if name == "cookie" { "; " } else { ", " });
-                    existing.push_str(&value);
-                }
-                None => merged.push((name, value)),
-            }
-        }
-        RequestHeaders(merged)
-    }
-}
-
-impl RequestView for RequestHeaders {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 impl RequestFlow {
     /// A flow for a new request.
     pub fn new() -> Self {
@@ -112,7 +81,19 @@ impl RequestFlow {
         let applied = vm.applied();
         let snapshot = &applied.snapshot;
         let headers = match host.request_headers() {
-            Ok(pairs) => RequestHeaders::from_pairs(pairs),
+            Ok(map) => match RequestHeaders::parse(map) {
+                Ok(headers) => headers,
+                Err(error) => {
+                    vm.metrics.host_failure(
+                        host,
+                        &HostError::new(
+                            "get_header_map_pairs(request headers)",
+                            format_args!("{error}"),
+                        ),
+                    );
+                    return self.fail(host, vm, vm.fail_mode, false);
+                }
+            },
             Err(error) => {
                 vm.metrics.host_failure(host, &error);
                 return self.fail(host, vm, vm.fail_mode, false);
@@ -275,17 +256,10 @@ impl RequestFlow {
         kind: StreamKind,
         headers: &RequestHeaders,
     ) -> Verdict {
-        let client = match host.source_address() {
-            Ok(address) => address,
-            Err(error) => {
-                vm.metrics.host_failure(host, &error);
-                None
-            }
-        };
         let key = format!(
             "{LIMIT_KEY_PREFIX}{}.{}",
             policy.name,
-            policy.key(headers, client.as_deref())
+            limit_key(host, vm, policy, headers)
         );
         if key.len() > MAX_SHARED_KEY_LEN {
             log::warn!("sidestream: stream-limit key longer than {MAX_SHARED_KEY_LEN} bytes");
@@ -414,6 +388,28 @@ impl RequestFlow {
     }
 }
 
+/// The policy's bucket key for this request; the client address is asked of
+/// the host only when the key needs it.
+fn limit_key<H: Host>(
+    host: &H,
+    vm: &VmState,
+    policy: &StreamLimitPolicy,
+    headers: &RequestHeaders,
+) -> String {
+    let client = if policy.needs_client_address(headers) {
+        match host.source_address() {
+            Ok(address) => address,
+            Err(error) => {
+                vm.metrics.host_failure(host, &error);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    policy.key(headers, client.as_deref())
+}
+
 /// Removes the request's client-sent `tag_headers`; re-routes if any was there.
 fn strip_untrusted_tags<H: Host>(
     host: &H,
@@ -448,6 +444,9 @@ fn refusal_body(policy: &StreamLimitPolicy, retry_after_secs: u32) -> String {
     format!("{body}\n")
 }
 
+mod headers;
 mod mesh;
 #[cfg(test)]
 mod tests;
+
+pub use headers::{serialize_pairs, HeaderMapError, RequestHeaders};

@@ -173,6 +173,31 @@ fn keys() {
     assert_eq!(route.key(&req(&[]), Some("1.1.1.1:1")), "route");
 }
 
+#[test]
+fn the_client_address_is_needed_exactly_when_the_key_uses_it() {
+    let by_addr = policy(
+        "addr",
+        json!({ "key": { "source": "clientAddress" }, "newStreamsPerSecond": 1, "burst": 1 }),
+    );
+    let route = policy(
+        "r",
+        json!({ "key": { "source": "route" }, "newStreamsPerSecond": 1, "burst": 1 }),
+    );
+    let cases = [
+        (&tenant_policy(), vec![("x-tenant-id", "acme")]),
+        (&tenant_policy(), vec![]),
+        (&tenant_policy(), vec![("x-tenant-id", "")]),
+        (&by_addr, vec![("x-tenant-id", "acme")]),
+        (&route, vec![]),
+    ];
+    for (p, headers) in cases {
+        let r = req(&headers);
+        // The key differs with the address exactly when it is needed.
+        let uses = p.key(&r, Some("10.9.8.7:1")) != p.key(&r, None);
+        assert_eq!(p.needs_client_address(&r), uses, "{} {headers:?}", p.name);
+    }
+}
+
 fn admitted(a: &Admission) -> bool {
     matches!(a, Admission::Admitted { .. })
 }

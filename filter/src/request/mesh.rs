@@ -54,14 +54,7 @@ impl RequestFlow {
         let Some(settings) = policy.mesh else {
             return self.admit(host, vm, policy, kind, headers);
         };
-        let client = match host.source_address() {
-            Ok(address) => address,
-            Err(error) => {
-                vm.metrics.host_failure(host, &error);
-                None
-            }
-        };
-        let key = policy.key(headers, client.as_deref());
+        let key = super::limit_key(host, vm, policy, headers);
         let Some(cluster) = vm.mesh.cluster() else {
             let decision = mesh::decide(&settings, CallOutcome::NotSent);
             return self.apply_now(host, vm, policy, kind, headers, decision);

@@ -546,17 +546,76 @@ fn every_fixed_metric_is_defined_under_the_sidestream_prefix() {
     }
 }
 
+/// The host calls of one request, in order (request headers, response
+/// headers, stream end), after a first one like it (which defines its
+/// release counter, once per VM).
+fn calls_of(host: &FakeHost, vm: &VmState) -> Vec<&'static str> {
+    let request = host.request.borrow().clone();
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        *host.request.borrow_mut() = request.clone();
+        host.calls.borrow_mut().clear();
+        let mut flow = RequestFlow::new();
+        assert_eq!(flow.on_request_headers(host, vm), Verdict::Continue);
+        flow.on_response_headers(host, vm);
+        flow.on_stream_end(host, vm);
+        calls = std::mem::take(&mut *host.calls.borrow_mut());
+    }
+    calls
+}
+
 #[test]
-fn request_headers_join_duplicates() {
-    use sidestream_core::RequestView;
-    let headers = RequestHeaders::from_pairs(vec![
-        ("cookie".to_owned(), "a=1".to_owned()),
-        ("x".to_owned(), "1".to_owned()),
-        ("cookie".to_owned(), "b=2".to_owned()),
-        ("x".to_owned(), "2".to_owned()),
-    ]);
-    assert_eq!(headers.header("cookie"), Some("a=1; b=2"));
-    assert_eq!(headers.header("x"), Some("1, 2"));
+fn a_plain_request_makes_five_host_calls_and_a_stream_open_a_few_more() {
+    let envoy = FakeEnvoy::new();
+    let vm = standalone_vm(&envoy);
+    // A plain request (a new trace, the stable group): read the map once,
+    // write traceparent and the tag, re-route, echo the trace id. Envoy has
+    // set x-request-id already; counters wait for the tick.
+    let host = FakeHost::with_request(
+        &envoy,
+        &[
+            (":method", "GET"),
+            (":path", "/"),
+            (":authority", "example.com"),
+            ("x-request-id", "r-1"),
+            ("x-user-id", "user-1"),
+        ],
+    );
+    assert_eq!(
+        calls_of(&host, &vm),
+        [
+            "request_headers",
+            "set_request_header",
+            "set_request_header",
+            "clear_route_cache",
+            "add_response_header",
+        ]
+    );
+    // An SSE open also reads the clock, reads and writes the tenant's bucket
+    // (keyed by x-tenant-id: the client address is not asked for) and counts the stream (admitted, active);
+    // its end gives the slot back (active, read, write).
+    let host = FakeHost::with_request(&envoy, &sse_for("acme"));
+    let calls = calls_of(&host, &vm);
+    assert_eq!(
+        calls,
+        [
+            "request_headers",
+            "set_request_header",
+            "set_request_header",
+            "now_nanos",
+            "shared_get",
+            "shared_set",
+            "increment_metric",
+            "increment_metric",
+            "set_request_header",
+            "clear_route_cache",
+            "add_response_header",
+            "increment_metric",
+            "shared_get",
+            "shared_set",
+        ],
+        "{calls:?}"
+    );
 }
 
 /// The standalone bootstrap with the `grey` policy limited to `/app` and a
