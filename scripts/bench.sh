@@ -3,7 +3,7 @@
 # binaries and the filter). Results: bench/out/results/*.json|txt, plots:
 # bench/results/*.svg, report: BENCHMARKS.md (filled from bench/BENCHMARKS.md.in).
 #
-#   scripts/bench.sh [--smoke] [filter] [propagation] [push] [mesh] [report]
+#   scripts/bench.sh [--smoke] [filter] [stream] [propagation] [push] [mesh] [report]
 #
 # No benchmark names = all of them, then the report. --smoke = seconds-long
 # runs with a few connections, to check the harness, not to measure.
@@ -23,6 +23,9 @@
 #   FILTER_CONNECTIONS [64]     wrk connections at saturation
 #   FILTER_RATE [3000]          fixed request rate of the latency run
 #   FILTER_VARIANTS ["none empty-wasm sidestream lua"]
+#   STREAM_SUBSCRIBERS [1000]   the stream path: SSE subscribers through Envoy (1 worker)
+#   STREAM_RATE [50]            messages/s published to them (each relayed to every subscriber)
+#   STREAM_SECONDS [20]         per measurement; STREAM_ROUNDS [3] rounds of (no filter, filter)
 #   PROPAGATION_UPDATES [250]
 #   PUSH_SERVERS ["sidestream-epoll sidestream-uring nchan pushpin"]  sidestream-push's variants
 #                               (flags per variant: SIDESTREAM_VARIANT_ARGS below) and its peers
@@ -55,12 +58,12 @@ what=()
 for arg in "$@"; do
   case "$arg" in
     --smoke) smoke=1 ;;
-    filter|propagation|push|mesh|report) what+=("$arg") ;;
+    filter|stream|propagation|push|mesh|report) what+=("$arg") ;;
     -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
-    *) echo "bench: unknown argument '$arg' (filter, propagation, push, mesh, report, --smoke)" >&2; exit 64 ;;
+    *) echo "bench: unknown argument '$arg' (filter, stream, propagation, push, mesh, report, --smoke)" >&2; exit 64 ;;
   esac
 done
-[ ${#what[@]} -gt 0 ] || what=(filter propagation push mesh report)
+[ ${#what[@]} -gt 0 ] || what=(filter stream propagation push mesh report)
 
 TARGET=${CARGO_TARGET_DIR:-target}
 case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
@@ -88,6 +91,7 @@ P_PUSHPIN=$((B + 280)) P_PUSHPIN_PUBLISH=$((B + 281)) P_GRIP_ORIGIN=$((B + 282))
 P_PUSHPIN_PUSH_IN=$((B + 283)) P_PUSHPIN_PUSH_IN_SUB=$((B + 284)) P_PUSHPIN_COMMAND=$((B + 285))
 P_CP_GRPC=$((B + 300)) P_CP_ADMIN=$((B + 301))
 P_OTLP=$((B + 95))
+P_STREAM_PUSH=$((B + 60)) P_STREAM_PUSH_GRPC=$((B + 61))
 P_ETCD=$((B + 379)) P_ETCD_PEER=$((B + 380))
 P_MESH_REDIS=$((B + 330)) P_MESH_LIMITER=$((B + 331)) P_MESH_LIMITER_ADMIN=$((B + 332))
 P_MESH_ENVOY=$((B + 340))  # three Envoys: listener base+340+2i, admin base+341+2i
@@ -100,6 +104,7 @@ if [ "$smoke" = 1 ]; then
   PUSH_STEPS=${PUSH_STEPS:-2:2,5:2} PUSH_SWEEP=${PUSH_SWEEP:-100 200}
   PUSH_SWEEP_SECONDS=${PUSH_SWEEP_SECONDS:-2}
   PUSH_RATES=${PUSH_RATES:-2:2,10:2} PUSH_RATE_SUBSCRIBERS=${PUSH_RATE_SUBSCRIBERS:-200}
+  STREAM_SUBSCRIBERS=${STREAM_SUBSCRIBERS:-100} STREAM_SECONDS=${STREAM_SECONDS:-3} STREAM_ROUNDS=${STREAM_ROUNDS:-1}
   MESH_SECONDS=${MESH_SECONDS:-2} MESH_STORM=${MESH_STORM:-500} MESH_STORM_LIMIT=${MESH_STORM_LIMIT:-100}
   PUSH_OTLP_SUBSCRIBERS=${PUSH_OTLP_SUBSCRIBERS:-100} PUSH_OTLP_STEPS=${PUSH_OTLP_STEPS:-5:2}
 fi
@@ -108,6 +113,10 @@ FILTER_ROUNDS=${FILTER_ROUNDS:-3}
 FILTER_CONNECTIONS=${FILTER_CONNECTIONS:-64}
 FILTER_RATE=${FILTER_RATE:-3000}
 FILTER_VARIANTS=${FILTER_VARIANTS:-none empty-wasm sidestream lua}
+STREAM_SUBSCRIBERS=${STREAM_SUBSCRIBERS:-1000}
+STREAM_RATE=${STREAM_RATE:-50}
+STREAM_SECONDS=${STREAM_SECONDS:-20}
+STREAM_ROUNDS=${STREAM_ROUNDS:-3}
 PROPAGATION_UPDATES=${PROPAGATION_UPDATES:-250}
 PUSH_SERVERS=${PUSH_SERVERS:-sidestream-epoll sidestream-uring nchan pushpin}
 PUSH_PARTS=${PUSH_PARTS:-memory latency saturation rates otlp}
@@ -376,7 +385,7 @@ bench_filter() {
       log "filter round $round: $v: latency at $FILTER_RATE req/s"
       taskset -c "$CLIENT_CPU" "$BENCH" --threads 1 latency --url "http://127.0.0.1:$P_ENVOY/" \
         --rate "$FILTER_RATE" --duration "$FILTER_SECONDS" --warmup 2 --connections 16 --vary-user \
-        --label "$v" --out "$RESULTS/filter-$v-latency-r$round.json" >/dev/null
+        --server-pid "$pid" --label "$v" --out "$RESULTS/filter-$v-latency-r$round.json" >/dev/null
       alive "envoy-$v"
       stop "envoy-$v"
     done
@@ -399,6 +408,75 @@ bench_filter() {
     cp "$best" "$RESULTS/filter-$v-latency.json"
   done
   log "filter benchmark done"
+}
+
+# ------------------------------------------------------------------ stream
+# The stream path (issue 11): Envoy (one worker, pinned as in the filter
+# benchmark) relays SSE from sidestream-push (the upstream that streams) to
+# STREAM_SUBSCRIBERS subscribers at STREAM_RATE messages/s, without and with
+# the sidestream filter, alternated in STREAM_ROUNDS rounds. `sidestream-bench
+# fanout --server-pid <Envoy>` reports Envoy's CPU time (/proc) per relayed
+# message -> stream-<variant>-r<round>.json.
+stream_envoy_config() { # variant wasm-dir : writes $RUN/envoy-stream-<variant>.yaml
+  local v=$1 snippet cfg="$RUN/envoy-stream-$1.yaml"
+  # The filter's tenant stream limit (5/s, burst 5, 20 at once per key; here
+  # every subscriber has the same client address) raised so every subscriber
+  # is admitted: admission still runs at each open, as for any stream.
+  snippet=$(sed -e 's/"newStreamsPerSecond": 5,/"newStreamsPerSecond": 100000,/' \
+    -e 's/"burst": 5,/"burst": 100000,/' -e 's/"maxConcurrent": 20,/"maxConcurrent": 100000,/' \
+    "bench/envoy/filters/$v.yaml")
+  fill bench/envoy/filter-base.yaml "$cfg" \
+    "HTTP_FILTERS=$snippet" ADMIN_PORT=$P_ENVOY_ADMIN LISTEN_PORT=$P_ENVOY \
+    STABLE_PORT=$P_STREAM_PUSH CANARY_PORT=$P_STREAM_PUSH
+  fill "$cfg" "$cfg" "WASM_DIR=$2"
+  if [ "$v" = sidestream ]; then
+    grep -q '"maxConcurrent": 100000' "$cfg" || die "stream: could not raise the stream limit in bench/envoy/filters/$v.yaml"
+  fi
+}
+
+bench_stream() {
+  log "stream benchmark: Envoy --concurrency 1 pinned to cpu $SERVER_CPU relaying SSE ($STREAM_SUBSCRIBERS subscribers x $STREAM_RATE msgs/s); push server and clients on cpu $CLIENT_CPU"
+  [ -f "$SIDESTREAM_WASM" ] || die "no sidestream filter at $SIDESTREAM_WASM (make filter, or set SIDESTREAM_WASM)"
+  [ -x "$SERVER_BIN/sidestream-push" ] || die "missing $SERVER_BIN/sidestream-push (cargo build --release --bins)"
+  rm -f "$RESULTS"/stream-*
+  local wasm_tmp="$RUN/wasm-stream" round v
+  mkdir -p "$wasm_tmp"
+  cp "$SIDESTREAM_WASM" "$wasm_tmp/sidestream_filter.wasm"
+  ports_free "$P_STREAM_PUSH" "$P_STREAM_PUSH_GRPC" "$P_ENVOY" "$P_ENVOY_ADMIN"
+  start stream-push taskset -c "$CLIENT_CPU" "$SERVER_BIN/sidestream-push" \
+    --listen "127.0.0.1:$P_STREAM_PUSH" --grpc-listen "127.0.0.1:$P_STREAM_PUSH_GRPC"
+  wait_http stream-push "http://127.0.0.1:$P_STREAM_PUSH/healthz/ready"
+  for round in $(seq 1 "$STREAM_ROUNDS"); do
+    for v in none sidestream; do
+      stream_envoy_config "$v" "$wasm_tmp"
+      start "stream-envoy-$v" taskset -c "$SERVER_CPU" envoy -c "$RUN/envoy-stream-$v.yaml" --concurrency 1 \
+        --disable-hot-restart --log-level warn
+      wait_http "stream-envoy-$v" "http://127.0.0.1:$P_ENVOY_ADMIN/ready" 60
+      local topic="stream-$v-r$round-$RANDOM" headers
+      # The filter is at work on the stream: its trace id comes back.
+      headers=$(curl -sS -D - -o /dev/null --max-time 1 -H 'accept: text/event-stream' \
+        "http://127.0.0.1:$P_ENVOY/v1/events?topic=$topic-check" 2>/dev/null || true)
+      grep -qi '^HTTP/1.1 200' <<<"$headers" || die "stream: $v: no SSE stream through Envoy"$'\n'"$headers"
+      if [ "$v" = sidestream ]; then
+        grep -qi '^x-trace-id: [0-9a-f]\{32\}' <<<"$headers" || die "stream: $v: no x-trace-id on the SSE response"$'\n'"$headers"
+      fi
+      log "stream round $round/$STREAM_ROUNDS: $v"
+      taskset -c "$CLIENT_CPU" "$BENCH" --threads 1 fanout --label "stream-$v-r$round" \
+        --server-pid "${PIDS[stream-envoy-$v]}" \
+        --sub-url "http://127.0.0.1:$P_ENVOY/v1/events?topic=$topic" --publish-kind sidestream \
+        --publish-url "http://127.0.0.1:$P_STREAM_PUSH/v1/topics/$topic/messages" --topic "$topic" \
+        --subscribers "$STREAM_SUBSCRIBERS" --steps "$STREAM_RATE:$STREAM_SECONDS" \
+        --payload-bytes "$PUSH_PAYLOAD_BYTES" --out "$RESULTS/stream-$v-r$round.json" >/dev/null \
+        || die "stream: $v: the fan-out through Envoy failed"
+      curl -fsS "http://127.0.0.1:$P_ENVOY_ADMIN/stats?filter=sidestream\.streams_" \
+        >"$RESULTS/stream-$v-r$round-stats.txt" || true
+      log "stream round $round: $v: $(python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["steps"][0]; print("%d/%d delivered, Envoy %.2f us CPU per relayed message" % (s["delivered"], s["expected"], s["server_cpu_us_per_delivery"] or 0))' "$RESULTS/stream-$v-r$round.json")"
+      alive "stream-envoy-$v"
+      stop "stream-envoy-$v"
+    done
+  done
+  stop stream-push
+  log "stream benchmark done"
 }
 
 # ------------------------------------------------------------- propagation
@@ -787,6 +865,7 @@ prepare
 for w in "${what[@]}"; do
   case "$w" in
     filter) conditions filter; bench_filter ;;
+    stream) conditions stream; bench_stream ;;
     propagation) conditions propagation; bench_propagation ;;
     push) conditions push; bench_push ;;
     mesh) conditions mesh; bench_mesh ;;

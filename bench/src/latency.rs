@@ -40,6 +40,10 @@ pub struct LatencyArgs {
     /// Send `x-user-id: user-<n>` with a different n on every request.
     #[arg(long)]
     pub vary_user: bool,
+    /// The server's processes (with their children): their CPU time over the
+    /// measured seconds is reported per answered request.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
     /// Label stored in the result.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -64,6 +68,12 @@ pub struct LatencyResult {
     /// Responses routed with `x-sidestream-group: canary`.
     pub canary: u64,
     pub latency: LatencySummary,
+    /// CPU seconds the server used over the measured seconds, if its pids
+    /// were given.
+    pub server_cpu_s: Option<f64>,
+    /// `server_cpu_s` per answered request, in microseconds: at a fixed rate,
+    /// steadier than throughput at saturation.
+    pub server_cpu_us_per_request: Option<f64>,
 }
 
 #[derive(Default)]
@@ -109,6 +119,16 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<LatencyResult> {
             end,
         )));
     }
+    // The server's CPU over exactly the measured window.
+    let server_cpu = (!args.server_pids.is_empty()).then(|| {
+        let pids = args.server_pids.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            let before = crate::cpu::of_trees(&pids)?;
+            tokio::time::sleep_until(end.into()).await;
+            anyhow::Ok(crate::cpu::of_trees(&pids)? - before)
+        })
+    });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut tally = Tally::default();
     for t in tasks {
@@ -120,6 +140,14 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<LatencyResult> {
         tally.traced += t.traced;
         tally.canary += t.canary;
     }
+    let server_cpu_s = match server_cpu {
+        Some(task) => Some(task.await?.context("the server's CPU time (/proc)")?),
+        None => None,
+    };
+    let answered = tally.ok + tally.non_2xx;
+    let server_cpu_us_per_request = server_cpu_s
+        .filter(|_| answered > 0)
+        .map(|s| s * 1e6 / answered as f64);
     Ok(LatencyResult {
         label: args.label.clone(),
         url: args.url.clone(),
@@ -133,6 +161,8 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<LatencyResult> {
         traced: tally.traced,
         canary: tally.canary,
         latency: LatencySummary::from_hdr(&hist),
+        server_cpu_s,
+        server_cpu_us_per_request,
     })
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Result files (all optional; a missing one is reported as not measured):
 //! `conditions.json`, `filter-<variant>-wrk.txt`, `filter-<variant>-cpu.txt`,
-//! `filter-<variant>-latency.json`, `propagation.json`,
+//! `filter-<variant>-latency.json`, `filter-<variant>-{wrk,latency}-r<round>.*`,
+//! `stream-<variant>-r<round>.json`, `propagation.json`,
 //! `memory-<server>.json`, `fanout-<server>-saturation.json`,
 //! `fanout-<server>-subs-<n>.json`, `fanout-<server>-rates.json`, `fanout-otlp-off.json`,
 //! `fanout-otlp-on.json`, `otlp-sink.json`.
@@ -15,9 +16,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::Value;
 
+mod filter_rounds;
 mod mesh;
 mod plots;
 mod push;
+mod stream;
 
 /// Filter variants in report order: (file name part, label).
 pub const VARIANTS: [(&str, &str); 4] = [
@@ -103,6 +106,11 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ("{{CONDITIONS}}", conditions_table(&results)),
         ("{{FILTER_TABLE}}", filter_table(&results)),
         ("{{FILTER_PROBE_TABLE}}", probe_table(&results)),
+        (
+            "{{FILTER_ROUNDS_TABLE}}",
+            filter_rounds::table(&args.results),
+        ),
+        ("{{STREAM_TABLE}}", stream::table(&args.results)),
         (
             "{{FILTER_PLOTS}}",
             figure("filter-throughput.svg", "filter throughput")
@@ -381,9 +389,9 @@ fn filter_table(r: &Results) -> String {
 /// (probe operation, calls per request, what for); streams add the admission rows.
 const PROBE_PER_REQUEST: [(&str, f64, &str); 6] = [
     (
-        "get_all_request_headers",
+        "get_all_request_headers_raw",
         1.0,
-        "read the request headers once",
+        "read the request headers once, in place (one call)",
     ),
     (
         "trace_decide",
@@ -403,7 +411,15 @@ const PROBE_PER_REQUEST: [(&str, f64, &str); 6] = [
         "echo the trace id on the response",
     ),
 ];
-const PROBE_OTHERS: [(&str, &str); 7] = [
+const PROBE_OTHERS: [(&str, &str); 9] = [
+    (
+        "get_all_request_headers",
+        "reference: the same map through the SDK's `get_map_bytes` (a `String` and a `Vec` per header)",
+    ),
+    (
+        "get_needed_headers",
+        "reference: instead of the map, each header the policies look at, one call each",
+    ),
     (
         "stream_admit",
         "streams only: token bucket and concurrency decision",
@@ -460,6 +476,20 @@ fn probe_table(r: &Results) -> String {
     for (op, what) in PROBE_OTHERS {
         let per_call = ns(op).map(|x| format!("{x:.0}")).unwrap_or("–".into());
         let _ = writeln!(s, "| `{op}` | – | {per_call} | – | {what} |");
+    }
+    if let (Some(map), Some(needed), Some(names), Some(present)) = (
+        ns("get_all_request_headers_raw"),
+        ns("get_needed_headers"),
+        ns("needed_headers"),
+        ns("needed_headers_present"),
+    ) {
+        let _ = writeln!(
+            s,
+            "\nWhole map or one header at a time: the policies look at {names:.0} headers on this request \
+             ({present:.0} of them present, of {} in the map); reading them one call each costs {needed:.0} ns, \
+             the whole map in one call {map:.0} ns, so the filter reads the whole map.",
+            ns("request_headers").map_or("?".to_owned(), |n| format!("{n:.0}")),
+        );
     }
     if let (Some(present), Some(absent)) = (ns("get_present_header"), ns("get_absent_header")) {
         let _ = writeln!(
@@ -648,7 +678,9 @@ mod tests {
         w("filter-empty-wasm-wrk.txt", "Requests/sec:  19500.0\n");
         w(
             "filter-probe.json",
-            r#"{"runs": 3, "ns_per_call": {"get_all_request_headers": 700, "trace_decide": 300,
+            r#"{"runs": 3, "ns_per_call": {"get_all_request_headers_raw": 700, "trace_decide": 300,
+               "get_all_request_headers": 1000, "get_needed_headers": 4300, "needed_headers": 12,
+               "needed_headers_present": 5, "request_headers": 8,
                "set_request_header": 150, "clear_route_cache": 300, "release_decide": 50,
                "set_response_header": 150, "get_present_header": 500, "get_absent_header": 100}}"#,
         );
@@ -699,6 +731,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| **sum** | | | **1800** |"), "{md}");
+        assert!(
+            md.contains("look at 12 headers on this request (5 of them present, of 8 in the map); reading them one call each costs 4300 ns, the whole map in one call 700 ns"),
+            "{md}"
+        );
         assert!(md.contains("about 400 ns"), "{md}");
         assert!(md.contains("(3.6% of bare Envoy's time)"), "{md}");
         assert!(md.contains("at most **94.2%**"), "{md}");

@@ -13,6 +13,12 @@
 //! VM. One is measured indirectly: reading a header that is present costs
 //! the lookup plus one call into the VM to allocate the value's memory, so
 //! `get_present_header - get_absent_header` is that call.
+//!
+//! Whole map or one header at a time: `get_needed_headers` reads, one call
+//! each, exactly the headers the filter's decisions look at on this request
+//! (recorded by running them), against `get_all_request_headers`, one call
+//! for the whole map. `get_all_request_headers_raw` is the same host call
+//! without the SDK's decoding into owned strings: the in-VM share of it.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -24,7 +30,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 use sidestream_core::config::{FilterBootstrap, Snapshot};
 use sidestream_core::limit::StreamLimitState;
-use sidestream_core::{release, trace, HeaderList};
+use sidestream_core::{limit, release, trace, HeaderList, RequestView};
 
 /// Iterations of each timed loop.
 const ITERATIONS: u64 = 2_000;
@@ -147,6 +153,77 @@ impl HttpContext for ProbeHttp {
     }
 }
 
+/// A header view that records every name the decisions ask for.
+struct Recording<'a> {
+    headers: &'a HeaderList,
+    asked: RefCell<Vec<String>>,
+}
+
+impl RequestView for Recording<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        let mut asked = self.asked.borrow_mut();
+        if !asked.iter().any(|n| n == name) {
+            asked.push(name.to_owned());
+        }
+        self.headers.header(name)
+    }
+}
+
+/// The header names the filter's decisions (trace, stream detection and
+/// limits, release) look at for this request.
+fn needed_headers(probe: &Probe, headers: &HeaderList) -> Vec<String> {
+    let view = Recording {
+        headers,
+        asked: RefCell::new(Vec::new()),
+    };
+    let mut random = |buf: &mut [u8]| probe.rng.borrow_mut().fill_bytes(buf);
+    let _ = trace::decide(&probe.snapshot.trace, &view, &mut random);
+    if !probe.snapshot.stream_limits.is_empty() {
+        if let Some(kind) = limit::detect_stream(&view) {
+            let _ = limit::select(&probe.snapshot.stream_limits, &view, kind);
+        }
+    }
+    if let Some(policy) = release::select(&probe.snapshot.releases, &view) {
+        let _ = policy.decide(&view, "0af7651916cd43dd8448eb211c80319c");
+    }
+    view.asked.into_inner()
+}
+
+/// The request header map as the host hands it over (its serialised pairs),
+/// without the SDK's decoding into owned strings.
+#[allow(unsafe_code)] // the raw ABI call, and freeing what the host allocated
+mod raw {
+    use proxy_wasm::types::{MapType, Status};
+
+    // The SDK declares the same import (proxy_wasm::hostcalls).
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_pairs(
+            map_type: MapType,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> Status;
+    }
+
+    /// Bytes of the serialised request header map.
+    pub fn request_header_pairs() -> usize {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer it allocated with the SDK's
+        // proxy_on_memory_allocate (a Vec<u8> of capacity `size`) and its size.
+        let status = unsafe {
+            proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size)
+        };
+        if status != Status::Ok || data.is_null() {
+            return 0;
+        }
+        // SAFETY: as above; this takes the allocation back and frees it.
+        let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
+        std::hint::black_box(&bytes);
+        bytes.len()
+    }
+}
+
 /// Nanoseconds per call of `op`, over `ITERATIONS` calls.
 fn time(mut op: impl FnMut()) -> f64 {
     let now = || {
@@ -178,6 +255,12 @@ fn request_side(probe: &Probe) -> serde_json::Map<String, serde_json::Value> {
         "get_all_request_headers",
         time(|| {
             std::hint::black_box(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).ok());
+        }),
+    );
+    put(
+        "get_all_request_headers_raw",
+        time(|| {
+            std::hint::black_box(raw::request_header_pairs());
         }),
     );
     put(
@@ -246,6 +329,26 @@ fn request_side(probe: &Probe) -> serde_json::Map<String, serde_json::Value> {
         .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
         .collect();
     let headers = HeaderList(pairs);
+    let needed = needed_headers(probe, &headers);
+    put(
+        "get_needed_headers",
+        time(|| {
+            for name in &needed {
+                std::hint::black_box(
+                    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok(),
+                );
+            }
+        }),
+    );
+    put("needed_headers", needed.len() as f64);
+    put(
+        "needed_headers_present",
+        needed
+            .iter()
+            .filter(|n| headers.header(n).is_some())
+            .count() as f64,
+    );
+    put("request_headers", headers.0.len() as f64);
     let mut random = |buf: &mut [u8]| probe.rng.borrow_mut().fill_bytes(buf);
     put(
         "trace_decide",
