@@ -1,15 +1,19 @@
 //! Tail-latency forensics: a bounded ring of recent deliveries whose
 //! publish-to-write time exceeded a threshold, served at `/debug/slow-deliveries`,
 //! so a p999 spike can be explained afterwards without logging every message.
+//!
+//! Under a large fan-out most deliveries of a message can be slow, so keeping
+//! one costs no allocation: the ring holds the shared topic name and copies of
+//! the ids, and text is made only when the ring is read.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 use crate::metrics::Transport;
 
 /// One slow delivery.
@@ -33,11 +37,57 @@ pub struct SlowDelivery {
 }
 
 /// The ring of slow deliveries.
+/// A slow delivery as the ring keeps it (see the module's documentation).
+#[derive(Debug, Clone)]
+struct Record {
+    topic: Arc<str>,
+    id: MessageId,
+    transport: &'static str,
+    queue_depth: usize,
+    /// The 32 hex digits of the message's trace id.
+    trace_id: Option<[u8; 32]>,
+    published_unix_nanos: u64,
+    dispatched_unix_nanos: u64,
+    written_unix_nanos: u64,
+}
+
+impl Record {
+    fn publish_to_write_micros(&self) -> u64 {
+        self.written_unix_nanos
+            .saturating_sub(self.published_unix_nanos)
+            / 1000
+    }
+
+    fn report(&self) -> SlowDelivery {
+        SlowDelivery {
+            topic: self.topic.to_string(),
+            id: self.id.to_string(),
+            transport: self.transport,
+            queue_depth: self.queue_depth,
+            trace_id: self
+                .trace_id
+                .and_then(|hex| std::str::from_utf8(&hex).ok().map(str::to_owned)),
+            published_unix_nanos: self.published_unix_nanos,
+            dispatched_unix_nanos: self.dispatched_unix_nanos,
+            written_unix_nanos: self.written_unix_nanos,
+            publish_to_dispatch_micros: self
+                .dispatched_unix_nanos
+                .saturating_sub(self.published_unix_nanos)
+                / 1000,
+            dispatch_to_write_micros: self
+                .written_unix_nanos
+                .saturating_sub(self.dispatched_unix_nanos)
+                / 1000,
+            publish_to_write_micros: self.publish_to_write_micros(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct SlowDeliveries {
     threshold_nanos: u64,
     capacity: usize,
-    ring: Mutex<VecDeque<SlowDelivery>>,
+    ring: Mutex<VecDeque<Record>>,
     seen: AtomicU64,
 }
 
@@ -64,23 +114,17 @@ impl SlowDeliveries {
             return;
         }
         self.seen.fetch_add(1, Ordering::Relaxed);
-        let record = SlowDelivery {
-            topic: message.topic.to_string(),
-            id: message.id.to_string(),
+        let record = Record {
+            topic: message.topic.clone(),
+            id: message.id,
             transport: transport.as_str(),
             queue_depth,
-            trace_id: message.trace_id().map(str::to_owned),
+            trace_id: message
+                .trace_id()
+                .and_then(|id| id.as_bytes().try_into().ok()),
             published_unix_nanos: message.published_unix_nanos,
             dispatched_unix_nanos: message.dispatched_unix_nanos,
             written_unix_nanos,
-            publish_to_dispatch_micros: message
-                .dispatched_unix_nanos
-                .saturating_sub(message.published_unix_nanos)
-                / 1000,
-            dispatch_to_write_micros: written_unix_nanos
-                .saturating_sub(message.dispatched_unix_nanos)
-                / 1000,
-            publish_to_write_micros: total / 1000,
         };
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         if ring.len() == self.capacity {
@@ -96,7 +140,7 @@ impl SlowDeliveries {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .cloned()
+            .map(Record::report)
             .collect();
         deliveries.sort_by_key(|d| std::cmp::Reverse(d.publish_to_write_micros));
         serde_json::json!({
@@ -138,6 +182,33 @@ mod tests {
         assert_eq!(deliveries.len(), 2);
         assert_eq!(deliveries[0]["publishToWriteMicros"], 40_000);
         assert_eq!(deliveries[0]["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(deliveries[0]["topic"], "t");
+        assert_eq!(deliveries[0]["id"], "1-1");
+        assert_eq!(deliveries[0]["transport"], Transport::Sse.as_str());
+        assert_eq!(deliveries[0]["queueDepth"], 3);
+        assert_eq!(deliveries[1]["publishToWriteMicros"], 30_000);
         assert_eq!(report["slowDeliveriesSeen"], 3);
+    }
+
+    #[test]
+    fn a_message_without_a_trace_has_no_trace_id() {
+        let slow = SlowDeliveries::new(Duration::from_millis(10), 4);
+        let message = Message::new(
+            Arc::from("news"),
+            MessageId {
+                epoch: Epoch(36),
+                seq: 7,
+            },
+            None,
+            bytes::Bytes::new(),
+            1_000_000_000,
+            None,
+        );
+        slow.observe(&message, Transport::Sse, 0, 2_000_000_000);
+        let report = slow.report();
+        let delivery = &report["deliveries"][0];
+        assert_eq!(delivery["id"], "10-7");
+        assert_eq!(delivery["traceId"], serde_json::Value::Null);
+        assert_eq!(delivery["publishToWriteMicros"], 1_000_000);
     }
 }
