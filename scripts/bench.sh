@@ -774,11 +774,12 @@ redis_calls() { # : "<command calls> <EVAL/EVALSHA calls> <their usec>" since Re
     END { print all + 0, scripts + 0, usec + 0 }'
 }
 
-mesh_cpu() { # : "<process> <CPU ticks>" of the mesh run's servers, then "machine <busy> <total>" (all cores)
+mesh_cpu() { # : "<process> <CPU ticks>" of the mesh run's servers, "hz <ticks/s>", "machine <busy> <total>" (all cores)
   local name
   for name in mesh-redis mesh-limiter mesh-envoy-0 mesh-envoy-1 mesh-upstream; do
     echo "$name $(cpu_ticks "${PIDS[$name]}")"
   done
+  echo "hz $(getconf CLK_TCK)"
   awk '$1 == "cpu" { busy = $2 + $3 + $4 + $7 + $8; print "machine", busy, busy + $5 + $6 }' /proc/stat
 }
 

@@ -143,6 +143,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ("{{OTLP_OVERHEAD_TABLE}}", otlp_table(&results)),
         ("{{MESH_OPEN_TABLE}}", mesh::open_table(&args.results)),
         ("{{MESH_STORM_TABLE}}", mesh::storm_table(&args.results)),
+        ("{{MESH_COST_TABLE}}", mesh::cost_table(&args.results)),
         (
             "{{FANOUT_PLOTS}}",
             figure("push-throughput.svg", "fan-out throughput")

@@ -4,13 +4,18 @@
 //!
 //! Result files (written by `scripts/bench.sh mesh`): `mesh-<scope>-<rate>.json`
 //! (`sidestream-bench opens` at a rate), `mesh-<scope>-<rate>-redis.txt`
-//! (`<calls> <eval calls>` of Redis's INFO commandstats before, then after),
-//! `mesh-<scope>-storm.json` and `mesh-storm-limit.txt`.
+//! (`<calls> <eval calls> <eval usec>` of Redis's INFO commandstats before,
+//! then after),
+//! `mesh-<scope>-storm.json` and `mesh-storm-limit.txt`; [`cost`] reads the
+//! files of the cost table.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde_json::Value;
+
+mod cost;
+pub use cost::cost_table;
 
 /// Policy scopes in report order: (file name part, label).
 const SCOPES: [(&str, &str); 2] = [("envoy", "Envoy-scoped"), ("mesh", "mesh-scoped")];
@@ -44,17 +49,35 @@ fn rate_runs(dir: &Path, scope: &str) -> Vec<(u64, Value)> {
     runs
 }
 
-/// (all command calls, EVAL/EVALSHA calls) during a run.
-fn redis_delta(dir: &Path, scope: &str, rate: u64) -> Option<(u64, u64)> {
+/// Redis's work during a run (INFO commandstats, after minus before).
+struct RedisDelta {
+    /// Command calls, those inside scripts included.
+    all: u64,
+    /// EVAL/EVALSHA calls.
+    scripts: u64,
+    /// Microseconds Redis spent running them (not in results of older runs).
+    script_usec: Option<u64>,
+}
+
+/// The file holds `<calls> <script calls> [<script usec>]` before, then after.
+fn redis_delta(dir: &Path, scope: &str, rate: u64) -> Option<RedisDelta> {
     let text = std::fs::read_to_string(dir.join(format!("mesh-{scope}-{rate}-redis.txt"))).ok()?;
     let n: Vec<u64> = text
         .split_whitespace()
         .filter_map(|v| v.parse().ok())
         .collect();
+    let d = |after: u64, before: u64| after.saturating_sub(before);
     match n.as_slice() {
-        [all0, eval0, all1, eval1] => {
-            Some((all1.saturating_sub(*all0), eval1.saturating_sub(*eval0)))
-        }
+        [all0, eval0, all1, eval1] => Some(RedisDelta {
+            all: d(*all1, *all0),
+            scripts: d(*eval1, *eval0),
+            script_usec: None,
+        }),
+        [all0, eval0, usec0, all1, eval1, usec1] => Some(RedisDelta {
+            all: d(*all1, *all0),
+            scripts: d(*eval1, *eval0),
+            script_usec: Some(d(*usec1, *usec0)),
+        }),
         _ => None,
     }
 }
@@ -95,9 +118,9 @@ pub fn open_table(dir: &Path) -> String {
             // Redis counted the warm-up's opens too.
             let sent = u(&r["sent_total"]);
             let (per_open, scripts) = match redis_delta(dir, scope, *rate) {
-                Some((all, eval)) if sent > 0 => (
-                    format!("{:.2}", all as f64 / sent as f64),
-                    format!("{:.2}", eval as f64 / sent as f64),
+                Some(delta) if sent > 0 => (
+                    format!("{:.2}", delta.all as f64 / sent as f64),
+                    format!("{:.2}", delta.scripts as f64 / sent as f64),
                 ),
                 _ => ("–".to_owned(), "–".to_owned()),
             };
@@ -187,7 +210,7 @@ mod tests {
         };
         w("mesh-envoy-1000.json", &run(0.4, 1.0));
         w("mesh-mesh-1000.json", &run(0.9, 2.5));
-        w("mesh-mesh-1000-redis.txt", "10 5 80010 40005\n");
+        w("mesh-mesh-1000-redis.txt", "10 5 7 80010 40005 9\n");
         w("mesh-mesh-1000-fallbacks.txt", "3\n");
         let table = open_table(dir.path());
         assert!(
