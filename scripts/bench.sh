@@ -22,7 +22,7 @@
 #   FILTER_ROUNDS [3]           rounds over the four variants; the median round counts
 #   FILTER_CONNECTIONS [64]     wrk connections at saturation
 #   FILTER_RATE [3000]          fixed request rate of the latency run
-#   FILTER_VARIANTS ["none empty-wasm sidestream lua"]
+#   FILTER_VARIANTS ["none empty-wasm calls-only sidestream lua"]
 #   STREAM_SUBSCRIBERS [1000]   the stream path: SSE subscribers through Envoy (1 worker)
 #   STREAM_RATE [50]            messages/s published to them (each relayed to every subscriber)
 #   STREAM_SECONDS [20]         per measurement; STREAM_ROUNDS [3] rounds of (no filter, filter)
@@ -112,7 +112,7 @@ FILTER_SECONDS=${FILTER_SECONDS:-30}
 FILTER_ROUNDS=${FILTER_ROUNDS:-3}
 FILTER_CONNECTIONS=${FILTER_CONNECTIONS:-64}
 FILTER_RATE=${FILTER_RATE:-3000}
-FILTER_VARIANTS=${FILTER_VARIANTS:-none empty-wasm sidestream lua}
+FILTER_VARIANTS=${FILTER_VARIANTS:-none empty-wasm calls-only sidestream lua}
 STREAM_SUBSCRIBERS=${STREAM_SUBSCRIBERS:-1000}
 STREAM_RATE=${STREAM_RATE:-50}
 STREAM_SECONDS=${STREAM_SECONDS:-20}
@@ -296,6 +296,9 @@ filter_variant_ready() { # variant : one request through Envoy reaches the upstr
         || die "$v: no x-trace-id on the response, the filter is not working"$'\n'"$headers"
       curl -fsS -D - -o /dev/null --max-time 2 -H 'x-env-tag: canary' "http://127.0.0.1:$P_ENVOY/" \
         | grep -qi '^x-bench-group: canary' || die "$v: x-env-tag: canary did not reach the canary upstream" ;;
+    calls-only)
+      grep -qi '^x-bench-traced: 1' <<<"$headers" && grep -qi '^x-trace-id: ' <<<"$headers" \
+        || die "$v: the empty filter did not make its host calls"$'\n'"$headers" ;;
   esac
 }
 
@@ -414,7 +417,7 @@ bench_filter() {
 # The stream path (issue 11): Envoy (one worker, pinned as in the filter
 # benchmark) relays SSE from sidestream-push (the upstream that streams) to
 # STREAM_SUBSCRIBERS subscribers at STREAM_RATE messages/s, without and with
-# the sidestream filter, alternated in STREAM_ROUNDS rounds. `sidestream-bench
+# the sidestream filter, alternated in STREAM_ROUNDS rounds (ABBA order). `sidestream-bench
 # fanout --server-pid <Envoy>` reports Envoy's CPU time (/proc) per relayed
 # message -> stream-<variant>-r<round>.json.
 stream_envoy_config() { # variant wasm-dir : writes $RUN/envoy-stream-<variant>.yaml
@@ -447,7 +450,11 @@ bench_stream() {
     --listen "127.0.0.1:$P_STREAM_PUSH" --grpc-listen "127.0.0.1:$P_STREAM_PUSH_GRPC"
   wait_http stream-push "http://127.0.0.1:$P_STREAM_PUSH/healthz/ready"
   for round in $(seq 1 "$STREAM_ROUNDS"); do
-    for v in none sidestream; do
+    # ABBA: odd rounds without the filter first, even rounds with it first,
+    # so a drift of the machine over the run weighs on both alike.
+    local order=(none sidestream)
+    [ $((round % 2)) = 1 ] || order=(sidestream none)
+    for v in "${order[@]}"; do
       stream_envoy_config "$v" "$wasm_tmp"
       start "stream-envoy-$v" taskset -c "$SERVER_CPU" envoy -c "$RUN/envoy-stream-$v.yaml" --concurrency 1 \
         --disable-hot-restart --log-level warn

@@ -23,9 +23,10 @@ mod push;
 mod stream;
 
 /// Filter variants in report order: (file name part, label).
-pub const VARIANTS: [(&str, &str); 4] = [
+pub const VARIANTS: [(&str, &str); 5] = [
     ("none", "no filter"),
     ("empty-wasm", "empty Rust Wasm filter"),
+    ("calls-only", "empty filter making the filter's host calls"),
     ("sidestream", "sidestream filter"),
     ("lua", "Lua equivalent"),
 ];

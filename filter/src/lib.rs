@@ -14,6 +14,7 @@
 
 pub mod config_stream;
 pub mod configure;
+mod header_map_abi;
 pub mod host;
 pub mod mesh;
 pub mod metrics;

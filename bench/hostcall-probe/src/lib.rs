@@ -189,40 +189,9 @@ fn needed_headers(probe: &Probe, headers: &HeaderList) -> Vec<String> {
     view.asked.into_inner()
 }
 
-/// The request header map as the host hands it over (its serialised pairs),
-/// without the SDK's decoding into owned strings.
-#[allow(unsafe_code)] // the raw ABI call, and freeing what the host allocated
-mod raw {
-    use proxy_wasm::types::{MapType, Status};
-
-    // The SDK declares the same import (proxy_wasm::hostcalls).
-    #[link(wasm_import_module = "env")]
-    extern "C" {
-        fn proxy_get_header_map_pairs(
-            map_type: MapType,
-            return_map_data: *mut *mut u8,
-            return_map_size: *mut usize,
-        ) -> Status;
-    }
-
-    /// Bytes of the serialised request header map.
-    pub fn request_header_pairs() -> usize {
-        let mut data: *mut u8 = std::ptr::null_mut();
-        let mut size: usize = 0;
-        // SAFETY: the host writes a pointer it allocated with the SDK's
-        // proxy_on_memory_allocate (a Vec<u8> of capacity `size`) and its size.
-        let status = unsafe {
-            proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size)
-        };
-        if status != Status::Ok || data.is_null() {
-            return 0;
-        }
-        // SAFETY: as above; this takes the allocation back and frees it.
-        let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
-        std::hint::black_box(&bytes);
-        bytes.len()
-    }
-}
+/// The request header map read as the sidestream filter reads it.
+#[path = "../../../filter/src/header_map_abi.rs"]
+mod header_map_abi;
 
 /// Nanoseconds per call of `op`, over `ITERATIONS` calls.
 fn time(mut op: impl FnMut()) -> f64 {
@@ -260,7 +229,11 @@ fn request_side(probe: &Probe) -> serde_json::Map<String, serde_json::Value> {
     put(
         "get_all_request_headers_raw",
         time(|| {
-            std::hint::black_box(raw::request_header_pairs());
+            std::hint::black_box(
+                header_map_abi::request_header_map()
+                    .map(|map| map.len())
+                    .ok(),
+            );
         }),
     );
     put(

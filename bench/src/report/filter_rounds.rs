@@ -23,10 +23,10 @@ struct Measured {
 }
 
 /// Rounds found, each with its variants' measurements (in [`VARIANTS`] order).
-fn rounds(dir: &Path) -> Vec<(u32, [Measured; 4])> {
+fn rounds(dir: &Path) -> Vec<(u32, [Measured; VARIANTS.len()])> {
     let mut found = Vec::new();
     for round in 1..=99u32 {
-        let mut row = [Measured::default(); 4];
+        let mut row = [Measured::default(); VARIANTS.len()];
         for (i, (v, _)) in VARIANTS.iter().enumerate() {
             row[i].rps = std::fs::read_to_string(dir.join(format!("filter-{v}-wrk-r{round}.txt")))
                 .ok()
@@ -130,6 +130,23 @@ pub fn table(dir: &Path) -> String {
         }
     }
     let [rps_none, rps_lua, cpu_none, cpu_lua] = ratios.map(median);
+    // Where the CPU goes, variant by variant (medians of the rounds).
+    let cpu: Vec<Option<f64>> = (0..VARIANTS.len())
+        .map(|i| median(rounds.iter().filter_map(|(_, row)| row[i].cpu_us).collect()))
+        .collect();
+    let mut steps = Vec::new();
+    let mut previous: Option<f64> = None;
+    for ((_, label), us) in VARIANTS.iter().zip(&cpu) {
+        let Some(us) = us else { continue };
+        let added = match previous {
+            Some(p) if *label != "Lua equivalent" => format!(" ({:+.2} µs)", us - p),
+            _ => String::new(),
+        };
+        steps.push(format!("{label} {us:.2} µs{added}"));
+        if *label != "Lua equivalent" {
+            previous = Some(*us);
+        }
+    }
     let _ = writeln!(
         s,
         "\nMedian of the rounds' own ratios: throughput at saturation **{}** of no filter and **{}** the Lua \
@@ -140,6 +157,12 @@ pub fn table(dir: &Path) -> String {
         cell(rps_lua, |r| format!("{r:.2}×")),
         cell(cpu_none, |r| format!("{:.1}%", 100.0 * r)),
         cell(cpu_lua, |r| format!("{r:.2}×")),
+    );
+    let _ = writeln!(
+        s,
+        "\nEnvoy's CPU per request at the fixed rate, median of the rounds, each Wasm variant against \
+         the one before it: {}.",
+        steps.join(", ")
     );
     s
 }
@@ -178,17 +201,19 @@ mod tests {
         let t = table(dir.path());
         assert!(
             t.contains(
-                "| 1 | req/s at saturation | 40000 | 36000 | 34000 | 28000 | 85.0% | 1.21× |"
+                "| 1 | req/s at saturation | 40000 | 36000 | – | 34000 | 28000 | 85.0% | 1.21× |"
             ),
             "{t}"
         );
         assert!(
-            t.contains("| 1 | Envoy CPU µs per request at the fixed rate | 25.00 | 27.00 | 29.00 | 36.25 | 86.2% | 1.25× |"),
+            t.contains("| 1 | Envoy CPU µs per request at the fixed rate | 25.00 | 27.00 | – | 29.00 | 36.25 | 86.2% | 1.25× |"),
             "{t}"
         );
         // Round 2 has no empty-filter result.
         assert!(
-            t.contains("| 2 | req/s at saturation | 38000 | – | 30400 | 27000 | 80.0% | 1.13× |"),
+            t.contains(
+                "| 2 | req/s at saturation | 38000 | – | – | 30400 | 27000 | 80.0% | 1.13× |"
+            ),
             "{t}"
         );
         // Throughput ratios to no filter 85%, 80%, 90%: median 85%; to Lua
@@ -199,5 +224,10 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("**86.2%** and **1.20×**"), "{t}");
+        // Medians: none 25.0, empty 27.0 (one round), sidestream 29.0, Lua 35.0.
+        assert!(
+            t.contains("no filter 25.00 µs, empty Rust Wasm filter 27.00 µs (+2.00 µs), sidestream filter 29.00 µs (+2.00 µs), Lua equivalent 35.00 µs."),
+            "{t}"
+        );
     }
 }

@@ -9,48 +9,12 @@ use super::{
     CallOwner, GrpcCode, GrpcHost, Host, HostError, MetricKind, ProxyWasmHost, SharedSetError,
 };
 
-/// The request header map as the host serialises it, without the SDK's
-/// decoding into a `String` and a `Vec` per name and value (`get_map_bytes`):
-/// the filter reads it in place (`request::RequestHeaders::parse`).
-#[allow(unsafe_code)] // the raw ABI call, and taking back what the host allocated
-mod raw {
-    use proxy_wasm::types::{MapType, Status};
-
-    // The SDK declares the same import (proxy_wasm::hostcalls).
-    #[link(wasm_import_module = "env")]
-    extern "C" {
-        fn proxy_get_header_map_pairs(
-            map_type: MapType,
-            return_map_data: *mut *mut u8,
-            return_map_size: *mut usize,
-        ) -> Status;
-    }
-
-    /// The serialised request header map (empty: none).
-    pub fn request_header_map() -> Result<Vec<u8>, Status> {
-        let mut data: *mut u8 = std::ptr::null_mut();
-        let mut size: usize = 0;
-        // SAFETY: the host writes a pointer to `size` bytes it allocated with
-        // the SDK's proxy_on_memory_allocate (a forgotten `Vec<u8>` of
-        // capacity `size`), as for the SDK's own `get_map_bytes`.
-        let status = unsafe {
-            proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size)
-        };
-        match status {
-            Status::Ok if data.is_null() => Ok(Vec::new()),
-            // SAFETY: as above; the Vec takes the allocation back, as the SDK does.
-            Status::Ok => Ok(unsafe { Vec::from_raw_parts(data, size, size) }),
-            status => Err(status),
-        }
-    }
-}
-
 /// The Envoy foreign function that drops the cached route of the current stream.
 const CLEAR_ROUTE_CACHE: &str = "clear_route_cache";
 
 impl Host for ProxyWasmHost {
     fn request_headers(&self) -> Result<Vec<u8>, HostError> {
-        raw::request_header_map()
+        crate::header_map_abi::request_header_map()
             .map_err(|status| HostError::new("get_header_map_pairs(request headers)", status))
     }
 
