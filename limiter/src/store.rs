@@ -11,6 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::io::tcp::TcpSettings;
 use redis::{FromRedisValue, IntoConnectionInfo, Script, ScriptInvocation};
 
 use crate::keys::KeyPrefix;
@@ -228,6 +229,13 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{COMMON}\n{body}"))
 }
 
+/// Redis sockets with `TCP_NODELAY` (redis-rs leaves Nagle's algorithm on):
+/// a script call written while another's bytes are unacknowledged goes out
+/// at once instead of after that ACK.
+fn tcp() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 /// What the acquire script takes: tokens, and a slot for an instance or not.
 struct Take<'a> {
     instance: &'a str,
@@ -253,7 +261,8 @@ impl Store {
     pub fn new(settings: &StoreSettings, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         let connection = match &settings.target {
             RedisTarget::Standalone(url) => {
-                let client = redis::Client::open(url.as_str())?;
+                let info = url.as_str().into_connection_info()?.set_tcp_settings(tcp());
+                let client = redis::Client::open(info)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(settings.connect_timeout))
                     .set_response_timeout(Some(settings.command_timeout))
@@ -266,6 +275,7 @@ impl Store {
                     .connection_timeout(settings.connect_timeout)
                     .response_timeout(settings.command_timeout)
                     .retries(2)
+                    .tcp_settings(tcp())
                     .build()?;
                 Connection::Cluster(Box::new(ClusterConnector {
                     client,
