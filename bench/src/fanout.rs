@@ -88,6 +88,10 @@ pub struct StepResult {
     pub server_cpu_us_per_delivery: Option<f64>,
     /// `client_cpu_s` per delivered message, in microseconds.
     pub client_cpu_us_per_delivery: Option<f64>,
+    /// The user-space part of `server_cpu_s` (the rest is the kernel's).
+    pub server_user_cpu_s: Option<f64>,
+    /// `server_user_cpu_s` per delivered message, in microseconds.
+    pub server_user_cpu_us_per_delivery: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,11 +115,11 @@ pub struct FanoutResult {
 }
 
 /// CPU seconds of the server's processes, if given and readable.
-fn server_cpu(pids: &[u32]) -> Option<f64> {
+fn server_cpu(pids: &[u32]) -> Option<crate::cpu::Split> {
     if pids.is_empty() {
         return None;
     }
-    match crate::cpu::of_trees(pids) {
+    match crate::cpu::split_of_trees(pids) {
         Ok(seconds) => Some(seconds),
         Err(error) => {
             eprintln!("fanout: cannot read the server's CPU time: {error:#}");
@@ -230,9 +234,11 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
             publish_errors += err;
         }
         tokio::time::sleep(Duration::from_secs_f64(args.drain)).await;
-        let server_cpu_s = server_cpu(&args.server_pids)
+        let server_cpu = server_cpu(&args.server_pids)
             .zip(server_cpu_before)
-            .map(|(after, before)| after - before);
+            .map(|(after, before)| after.since(&before));
+        let server_cpu_s = server_cpu.map(|c| c.total());
+        let server_user_cpu_s = server_cpu.map(|c| c.user);
         let client_cpu_s = crate::cpu::own() - client_cpu_before;
         let step = &shared.steps[k];
         let delivered = step.delivered.load(Ordering::Relaxed);
@@ -257,6 +263,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
             client_cpu_s,
             server_cpu_us_per_delivery: server_cpu_s.and_then(per_delivery),
             client_cpu_us_per_delivery: per_delivery(client_cpu_s),
+            server_user_cpu_s,
+            server_user_cpu_us_per_delivery: server_user_cpu_s.and_then(per_delivery),
         };
         eprintln!(
             "fanout {} step {k}: {rate}/s × {connected_now} subs: {:.0} deliveries/s (offered {:.0}), loss {:.3}%, p50 {:.1} ms p99 {:.1} ms",

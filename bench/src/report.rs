@@ -742,7 +742,7 @@ mod tests {
         assert!(md.contains("at most **94.2%**"), "{md}");
         assert!(
             md.contains(
-                "| sidestream-push (epoll) | 10000 | 2 | 20000 | 0.00% | 36.8 | 74.7 | 80.4 | 9.81 | 4.30 | – | – |"
+                "| sidestream-push (epoll) | 10000 | 2 | 20000 | 0.00% | 36.8 | 74.7 | 80.4 | 9.81 | – | 4.30 | – | – |"
             ),
             "{md}"
         );

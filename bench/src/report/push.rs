@@ -65,6 +65,18 @@ fn cpu_pair(step: &Value) -> String {
     )
 }
 
+/// "9.81 (2.10) / 4.30": [`cpu_pair`] with the server's user-space part.
+fn cpu_triple(step: &Value) -> String {
+    match num(step, &["server_user_cpu_us_per_delivery"]) {
+        Some(user) => format!(
+            "{} ({user:.2}) / {}",
+            micros(num(step, &["server_cpu_us_per_delivery"])),
+            micros(num(step, &["client_cpu_us_per_delivery"]))
+        ),
+        None => cpu_pair(step),
+    }
+}
+
 pub fn memory_table(r: &Results) -> String {
     if r.memory.is_empty() {
         return missing("Idle-connection benchmark");
@@ -174,8 +186,8 @@ pub fn sweep_table(r: &Results) -> String {
     }
     let at = |k: &str, n: u64| r.sweep.get(k).and_then(|m| m.get(&n)).and_then(first_step);
     let mut s = String::from(
-        "| server | subscribers | publish/s | delivered/s | loss | p50 (ms) | p99 (ms) | max (ms) | server CPU per delivery (µs) | client CPU per delivery (µs) | server CPU vs Nchan | p99 vs Nchan |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| server | subscribers | publish/s | delivered/s | loss | p50 (ms) | p99 (ms) | max (ms) | server CPU per delivery (µs) | of which user space (µs) | client CPU per delivery (µs) | server CPU vs Nchan | p99 vs Nchan |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for (k, label) in SERVERS {
         let Some(by_n) = r.sweep.get(k) else {
@@ -196,7 +208,7 @@ pub fn sweep_table(r: &Results) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {label} | {n} | {:.0} | {:.0} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                "| {label} | {n} | {:.0} | {:.0} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
                 num(st, &["publish_rate"]).unwrap_or(0.0),
                 num(st, &["delivered_per_s"]).unwrap_or(0.0),
                 100.0 * num(st, &["loss_ratio"]).unwrap_or(0.0),
@@ -204,6 +216,7 @@ pub fn sweep_table(r: &Results) -> String {
                 num(st, &["latency", "p99_ms"]).unwrap_or(0.0),
                 num(st, &["latency", "max_ms"]).unwrap_or(0.0),
                 micros(num(st, &["server_cpu_us_per_delivery"])),
+                micros(num(st, &["server_user_cpu_us_per_delivery"])),
                 micros(num(st, &["client_cpu_us_per_delivery"])),
                 vs(&["server_cpu_us_per_delivery"]),
                 vs(&["latency", "p99_ms"]),
@@ -256,7 +269,7 @@ pub fn rates_table(r: &Results) -> String {
         .filter_map(|m| num(m, &["connected"]))
         .fold(0.0, f64::max);
     let mut s = format!(
-        "Server / client CPU per delivery (µs) at {subscribers:.0} subscribers; † = the step lost more than {:.0}% of its deliveries (the server fell behind).\n\n\
+        "Server (of which user space) / client CPU per delivery (µs) at {subscribers:.0} subscribers; † = the step lost more than {:.0}% of its deliveries (the server fell behind).\n\n\
          | publish/s | offered deliveries/s |",
         LOSSY * 100.0
     );
@@ -278,7 +291,7 @@ pub fn rates_table(r: &Results) -> String {
         for (k, _) in &servers {
             let cell = rate_step(r, k, rate).map_or("–".into(), |st| {
                 let lossy = num(st, &["loss_ratio"]).unwrap_or(0.0) > LOSSY;
-                format!("{}{}", cpu_pair(st), if lossy { " †" } else { "" })
+                format!("{}{}", cpu_triple(st), if lossy { " †" } else { "" })
             });
             let _ = write!(s, " {cell} |");
         }
@@ -441,8 +454,10 @@ mod tests {
         format!(
             r#"{{"publish_rate": {rate}, "offered_per_s": {offered}, "delivered_per_s": {offered},
                 "loss_ratio": {loss}, "latency": {{"p50_ms": 10.0, "p99_ms": {p99}, "max_ms": 90.0}},
-                "server_cpu_us_per_delivery": {server_us}, "client_cpu_us_per_delivery": {client_us}}}"#,
-            offered = rate * 10_000.0
+                "server_cpu_us_per_delivery": {server_us}, "client_cpu_us_per_delivery": {client_us},
+                "server_user_cpu_us_per_delivery": {user_us}}}"#,
+            offered = rate * 10_000.0,
+            user_us = server_us / 4.0
         )
     }
 
@@ -493,13 +508,13 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("| 1 | 10000 | 12.00 / 4.00 | 9.00 / 4.00 | 10.00 / 3.00 | 1.20× | 0.90× |"),
+            t.contains("| 1 | 10000 | 12.00 (3.00) / 4.00 | 9.00 (2.25) / 4.00 | 10.00 (2.50) / 3.00 | 1.20× | 0.90× |"),
             "{t}"
         );
         // Nchan lost 20% at 2/s: marked.
         assert!(
             t.contains(
-                "| 2 | 20000 | 8.00 / 4.00 | 6.00 / 4.00 | 10.00 / 3.50 † | 0.80× | 0.60× |"
+                "| 2 | 20000 | 8.00 (2.00) / 4.00 | 6.00 (1.50) / 4.00 | 10.00 (2.50) / 3.50 † | 0.80× | 0.60× |"
             ),
             "{t}"
         );
@@ -610,12 +625,12 @@ mod tests {
         );
         let t = sweep_table(&r);
         assert!(
-            t.contains("| sidestream-push (epoll) | 1000 | 2 | 20000 | 0.00% | 10.0 | 12.0 | 90.0 | 9.00 | 4.00 | 0.90× | 0.75× |"),
+            t.contains("| sidestream-push (epoll) | 1000 | 2 | 20000 | 0.00% | 10.0 | 12.0 | 90.0 | 9.00 | 2.25 | 4.00 | 0.90× | 0.75× |"),
             "{t}"
         );
         assert!(
             t.contains(
-                "| Nchan | 1000 | 2 | 20000 | 0.00% | 10.0 | 16.0 | 90.0 | 10.00 | 4.00 | – | – |"
+                "| Nchan | 1000 | 2 | 20000 | 0.00% | 10.0 | 16.0 | 90.0 | 10.00 | 2.50 | 4.00 | – | – |"
             ),
             "{t}"
         );
