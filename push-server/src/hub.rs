@@ -7,12 +7,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio::sync::{mpsc, Notify, OnceCell};
 
 use crate::message::Message;
 use crate::metrics::{Metrics, Transport};
+use crate::uring::{Job, Link, Writer};
 
 /// What a stream's queue carries.
 #[derive(Debug, Clone)]
@@ -23,24 +24,61 @@ pub enum Delivery {
 }
 
 /// The TCP connection a stream runs on, so the server can close it when the
-/// stream must end but its client does not read.
+/// stream must end but its client does not read; for a directly served SSE
+/// connection under `--fanout-io uring`, also its [`Link`] to the io_uring
+/// writer.
 #[derive(Debug, Default)]
 pub struct ConnectionControl {
-    cut: Notify,
+    /// Notified when the connection is cut or its link changes hands.
+    changed: Notify,
     was_cut: AtomicBool,
+    link: Option<Box<Link>>,
 }
 
 impl ConnectionControl {
+    /// The control of a directly served SSE connection, linked to the
+    /// io_uring writer when it runs.
+    pub fn with_link(link: Option<Link>) -> ConnectionControl {
+        ConnectionControl {
+            link: link.map(Box::new),
+            ..ConnectionControl::default()
+        }
+    }
+
     /// Asks the server to close the connection (after a short grace to write a goodbye).
     pub fn cut(&self) {
         if !self.was_cut.swap(true, Ordering::AcqRel) {
-            self.cut.notify_one();
+            self.changed.notify_waiters();
         }
     }
 
     /// Resolves once [`ConnectionControl::cut`] was called.
     pub async fn cut_requested(&self) {
-        self.cut.notified().await;
+        self.wait_until(|| self.was_cut.load(Ordering::Acquire))
+            .await;
+    }
+
+    /// The connection's link to the io_uring writer.
+    pub fn link(&self) -> Option<&Link> {
+        self.link.as_deref()
+    }
+
+    /// Wakes whoever waits on the connection (its link changed hands).
+    pub fn changed(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once `done` holds, checked on every change.
+    pub async fn wait_until(&self, mut done: impl FnMut() -> bool) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -158,6 +196,8 @@ pub struct Hub {
     streams: Mutex<Slots>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
+    /// The io_uring fan-out writer, when it runs (`--fanout-io`).
+    writer: OnceLock<Writer>,
 }
 
 impl Hub {
@@ -167,7 +207,18 @@ impl Hub {
             streams: Mutex::new(Slots::default()),
             metrics,
             draining: AtomicBool::new(false),
+            writer: OnceLock::new(),
         }
+    }
+
+    /// Hands parked SSE connections' deliveries to `writer` from now on.
+    pub fn set_writer(&self, writer: Writer) {
+        let _ = self.writer.set(writer);
+    }
+
+    /// Whether parked SSE connections are written through io_uring.
+    pub fn writes_through_uring(&self) -> bool {
+        self.writer.get().is_some_and(Writer::usable)
     }
 
     /// A new stream with a queue of `capacity` deliveries and
@@ -260,8 +311,10 @@ impl Hub {
         }
     }
 
-    /// Hands a message to every local subscriber of its topic. Returns how
-    /// many queues took it.
+    /// Hands a message to every local subscriber of its topic: to the
+    /// io_uring writer for the connections parked there waiting for exactly
+    /// this message, to the subscriber's queue otherwise. Returns how many
+    /// took it.
     pub fn dispatch(&self, message: &Arc<Message>) -> usize {
         let hub_topic = {
             let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
@@ -271,11 +324,25 @@ impl Hub {
             }
         };
         let span = crate::trace::deliver_span(message);
+        let writer = self.writer.get().filter(|w| w.usable());
+        // One job per way of framing the message (published or topic names).
+        let mut jobs: [Option<Job>; 2] = [None, None];
         let mut delivered = 0;
         let subscribers = lock(&hub_topic.subscribers);
         for handle in subscribers.slots.iter().flatten() {
             if handle.overflowed() {
                 continue;
+            }
+            if writer.is_some() {
+                if let Some(connection) = &handle.connection {
+                    if let Some(names) = connection.link().and_then(|l| l.claim(message.id)) {
+                        jobs[names as usize]
+                            .get_or_insert_with(|| Job::new(message, names))
+                            .push(connection.clone());
+                        delivered += 1;
+                        continue;
+                    }
+                }
             }
             let size = message.data.len();
             if !handle.reserve(size) {
@@ -297,6 +364,12 @@ impl Hub {
             }
         }
         crate::trace::delivered(&span, subscribers.count, delivered);
+        drop(subscribers);
+        if let Some(writer) = writer {
+            for job in jobs.into_iter().flatten() {
+                writer.submit(job);
+            }
+        }
         delivered
     }
 

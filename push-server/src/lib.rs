@@ -29,6 +29,7 @@ pub mod state;
 pub mod subscription;
 pub mod topics;
 pub mod trace;
+pub mod uring;
 
 pub use error::PushError;
 pub use state::{AppState, BrokerSpec, Settings};

@@ -92,6 +92,14 @@ pub const DRAINING: (&str, &str) = (
     "sidestream_push_draining",
     "1 while the server drains (SIGTERM)",
 );
+pub const FANOUT_IO: (&str, &str) = (
+    "sidestream_push_fanout_io",
+    "1 for the path SSE fan-out writes take (--fanout-io): uring (io_uring batches) or epoll (a write per subscriber from its task)",
+);
+pub const FANOUT_URING_SENDS: (&str, &str) = (
+    "sidestream_push_fanout_uring_sends",
+    "Sends of the io_uring fan-out writer, by result: written (whole), partial (the rest handed to the subscriber's task), again (socket full: handed to the task), error",
+);
 pub const CONFIG_UPDATES: (&str, &str) = (
     "sidestream_push_config_updates",
     "Control-plane snapshots, by result (ack, nack)",
@@ -149,6 +157,11 @@ struct ResultLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PathLabel {
+    path: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabel {
     protocol: &'static str,
 }
@@ -177,6 +190,8 @@ pub struct Metrics {
     backlog: Gauge,
     replay_held: Gauge,
     draining: Gauge,
+    fanout_io: Family<PathLabel, Gauge>,
+    uring_sends: Family<ResultLabel, Counter>,
     config_updates: Family<ResultLabel, Counter>,
     connections_detected: Family<ProtocolLabel, Counter>,
     head_timeouts: Counter,
@@ -222,6 +237,8 @@ impl Metrics {
             backlog: Gauge::default(),
             replay_held: Gauge::default(),
             draining: Gauge::default(),
+            fanout_io: Family::default(),
+            uring_sends: Family::default(),
             config_updates: Family::default(),
             connections_detected: Family::default(),
             head_timeouts: Counter::default(),
@@ -262,6 +279,12 @@ impl Metrics {
         registry.register(PUBLISH_TO_WRITE.0, PUBLISH_TO_WRITE.1, latency);
         registry.register(REPLAY_HELD.0, REPLAY_HELD.1, metrics.replay_held.clone());
         registry.register(DRAINING.0, DRAINING.1, metrics.draining.clone());
+        registry.register(FANOUT_IO.0, FANOUT_IO.1, metrics.fanout_io.clone());
+        registry.register(
+            FANOUT_URING_SENDS.0,
+            FANOUT_URING_SENDS.1,
+            metrics.uring_sends.clone(),
+        );
         registry.register(
             CONFIG_UPDATES.0,
             CONFIG_UPDATES.1,
@@ -407,6 +430,21 @@ impl Metrics {
 
     pub fn set_draining(&self, draining: bool) {
         self.draining.set(i64::from(draining));
+    }
+
+    /// `count` sends of the io_uring writer ended with `result`.
+    pub fn uring_sends(&self, result: &'static str, count: u64) {
+        if count > 0 {
+            self.uring_sends
+                .get_or_create(&ResultLabel { result })
+                .inc_by(count);
+        }
+    }
+
+    /// The fan-out write path that runs (`uring` or `epoll`).
+    pub fn set_fanout_path(&self, path: &'static str) {
+        self.fanout_io.clear();
+        self.fanout_io.get_or_create(&PathLabel { path }).set(1);
     }
 
     /// The OpenMetrics text, with the backlog gauge set to `backlog` first.

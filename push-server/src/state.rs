@@ -12,6 +12,7 @@ use crate::message::{unix_nanos, Message};
 use crate::metrics::{Metrics, Transport};
 use crate::slow::SlowDeliveries;
 use crate::topics::TopicRegistry;
+use crate::uring::{self, FanoutIo, FanoutPath, Writer};
 
 /// Where messages live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,8 @@ pub struct Settings {
     /// TCP keepalive on accepted connections: idle time before the first
     /// probe (`None`: off).
     pub tcp_keepalive: Option<Duration>,
+    /// How SSE fan-out writes reach the sockets (`--fanout-io`).
+    pub fanout_io: FanoutIo,
 }
 
 impl Default for Settings {
@@ -87,6 +90,7 @@ impl Default for Settings {
             request_head_timeout: Duration::from_secs(30),
             write_deadline: Duration::from_secs(10),
             tcp_keepalive: Some(Duration::from_secs(60)),
+            fanout_io: FanoutIo::Auto,
         }
     }
 }
@@ -122,18 +126,56 @@ impl AppState {
                 RedisBroker::connect(url, prefix, hub.clone(), settings.idempotency_window).await?,
             ),
         };
-        Ok(Arc::new(AppState {
-            slow: SlowDeliveries::new(
-                settings.slow_delivery_threshold,
-                settings.slow_delivery_ring,
-            ),
-            auth: Auth::new(settings.jwt_secret.as_deref(), settings.publish_open),
-            settings,
-            topics,
-            hub,
-            broker,
-            metrics,
-        }))
+        let choice = match uring::choose(settings.fanout_io, uring::setup_ring) {
+            Ok(choice) => choice,
+            Err(error) => {
+                // Refused after the daemon's own check found it working.
+                tracing::warn!(%error, "io_uring refused; fan-out writes use epoll");
+                uring::Choice {
+                    path: FanoutPath::Epoll,
+                    ring: None,
+                    fallback: Some(error),
+                }
+            }
+        };
+        if let Some(error) = &choice.fallback {
+            tracing::warn!(%error, "io_uring is not available here; fan-out writes use epoll (--fanout-io auto)");
+        }
+        let state = Arc::new_cyclic(|weak| {
+            let mut path = choice.path;
+            if let Some(ring) = choice.ring {
+                match Writer::start(ring, weak.clone()) {
+                    Ok(writer) => hub.set_writer(writer),
+                    Err(error) => {
+                        tracing::warn!(%error, "Cannot start the io_uring writer; fan-out writes use epoll");
+                        path = FanoutPath::Epoll;
+                    }
+                }
+            }
+            metrics.set_fanout_path(path.as_str());
+            AppState {
+                slow: SlowDeliveries::new(
+                    settings.slow_delivery_threshold,
+                    settings.slow_delivery_ring,
+                ),
+                auth: Auth::new(settings.jwt_secret.as_deref(), settings.publish_open),
+                settings,
+                topics,
+                hub,
+                broker,
+                metrics,
+            }
+        });
+        Ok(state)
+    }
+
+    /// The fan-out write path that runs (`uring` or `epoll`).
+    pub fn fanout_path(&self) -> FanoutPath {
+        if self.hub.writes_through_uring() {
+            FanoutPath::Uring
+        } else {
+            FanoutPath::Epoll
+        }
     }
 
     /// Readiness: not draining, broker reachable, backlog within its limit.

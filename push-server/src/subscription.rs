@@ -235,6 +235,40 @@ impl Subscription {
         self.rx.len()
     }
 
+    /// The position of the stream's one topic when nothing but that topic's
+    /// next live message can come next: one topic, live (no replay, nothing
+    /// pending), no token to watch, an empty queue, not ending. Such a
+    /// stream's connection may be parked on the io_uring writer
+    /// ([`crate::uring`]).
+    pub fn idle_live(&self) -> Option<MessageId> {
+        let [cursor] = self.cursors.as_slice() else {
+            return None;
+        };
+        let idle = cursor.key.is_some()
+            && !self.replaying()
+            && self.pending.is_empty()
+            && self.retry.is_none()
+            && !self.finished
+            && self.tokens.is_none()
+            && self.rx.is_empty()
+            && !self.handle.overflowed()
+            && !self.state.hub.is_draining()
+            && cursor.position.epoch != crate::message::Epoch(0);
+        idle.then_some(cursor.position)
+    }
+
+    /// The io_uring writer delivered the stream's one topic up to `last`
+    /// (see [`Subscription::idle_live`]).
+    pub fn delivered_directly(&mut self, last: MessageId) {
+        let [cursor] = self.cursors.as_mut_slice() else {
+            return;
+        };
+        if last.epoch == cursor.position.epoch && last.seq > cursor.position.seq {
+            self.span.delivered(last.seq - cursor.position.seq);
+            cursor.position = last;
+        }
+    }
+
     /// The most messages this stream has held outside its queue at once
     /// (history pages of its resumes): at most one page.
     pub fn held_peak(&self) -> usize {

@@ -161,6 +161,12 @@ impl SubscriptionSpan {
         }
     }
 
+    /// `count` messages were written outside the stream's events (by the
+    /// io_uring writer).
+    pub fn delivered(&mut self, count: u64) {
+        self.delivered += count;
+    }
+
     /// The first reason given is the one reported.
     pub fn close_reason(&mut self, reason: CloseReason) {
         self.reason.get_or_insert(reason);

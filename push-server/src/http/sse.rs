@@ -190,6 +190,9 @@ pub struct SseBody {
     next: Option<Bytes>,
     start: Option<Bytes>,
     done: bool,
+    /// A heartbeat tick was taken while the connection was parked (see
+    /// [`SseBody::poll_heartbeat`]); the next frame is the heartbeat.
+    heartbeat_due: bool,
 }
 
 impl SseBody {
@@ -209,7 +212,46 @@ impl SseBody {
             next: None,
             start: Some(Bytes::from(format!("retry: {retry_ms}\n\n"))),
             done: false,
+            heartbeat_due: false,
         }
+    }
+
+    /// The position of the stream's one topic when its next frame can only
+    /// be that topic's next message, framed as [`SseBody::names`] says (see
+    /// [`Subscription::idle_live`]).
+    pub(crate) fn idle_live(&self) -> Option<crate::message::MessageId> {
+        if self.start.is_some() || self.next.is_some() || self.done || self.heartbeat_due {
+            return None;
+        }
+        self.subscription.idle_live()
+    }
+
+    pub(crate) fn state(&self) -> &Arc<AppState> {
+        self.subscription.state()
+    }
+
+    /// How message events are named.
+    pub(crate) fn names(&self) -> SseEventNames {
+        self.names
+    }
+
+    /// Deliveries waiting in the stream's queue.
+    pub(crate) fn queued(&self) -> usize {
+        self.subscription.queued()
+    }
+
+    /// Ready when a heartbeat is due (the next frame is then the heartbeat).
+    pub(crate) fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.heartbeat_due || self.heartbeat.poll_tick(cx).is_ready() {
+            self.heartbeat_due = true;
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// The io_uring writer wrote the stream's messages up to `last`.
+    pub(crate) fn delivered_directly(&mut self, last: crate::message::MessageId) {
+        self.subscription.delivered_directly(last);
     }
 
     fn id_line(&self) -> BytesMut {
@@ -339,7 +381,9 @@ impl http_body::Body for SseBody {
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
-                    if this.heartbeat.poll_tick(cx).is_ready() {
+                    if std::mem::take(&mut this.heartbeat_due)
+                        || this.heartbeat.poll_tick(cx).is_ready()
+                    {
                         this.subscription
                             .state()
                             .metrics

@@ -18,8 +18,11 @@
 //! counted in `sidestream_push_write_deadline_disconnects_total`) and resumes
 //! with the `Last-Event-ID` of the last event it read whole.
 
+use std::convert::Infallible;
 use std::io::IoSlice;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -35,8 +38,10 @@ use crate::error::PushError;
 use crate::http::sse::{self, SseBody};
 use crate::http::QueryParams;
 use crate::hub::ConnectionControl;
+use crate::message::MessageId;
 use crate::metrics::Transport;
 use crate::state::AppState;
+use crate::uring::Link;
 
 /// The path served directly.
 const EVENTS_PATH: &str = "/v1/events";
@@ -141,11 +146,29 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: Shutdown,
 ) {
+    let link = state
+        .hub
+        .writes_through_uring()
+        .then(|| Link::new(stream.as_raw_fd()));
+    let control = Arc::new(ConnectionControl::with_link(link));
+    serve_events(&mut stream, request, &state, &control, shutdown).await;
+    if let Some(link) = control.link() {
+        // No send of the io_uring writer may refer to the socket once closed.
+        control.wait_until(|| link.close()).await;
+    }
+}
+
+async fn serve_events(
+    stream: &mut TcpStream,
+    request: SseRequest,
+    state: &Arc<AppState>,
+    control: &Arc<ConnectionControl>,
+    shutdown: Shutdown,
+) {
     let write_deadline = state.settings.write_deadline;
-    let control = Arc::new(ConnectionControl::default());
     // Boxed one-time phases keep the long-lived task small.
     let opened = Box::pin(sse::open(
-        &state,
+        state,
         Some(control.clone()),
         &request.query,
         &request.headers,
@@ -155,8 +178,8 @@ pub async fn serve(
     let mut body = match opened {
         Ok(body) => body,
         Err(error) => {
-            let _ = tokio::time::timeout(write_deadline, Box::pin(write_error(&mut stream, error)))
-                .await;
+            let _ =
+                tokio::time::timeout(write_deadline, Box::pin(write_error(stream, error))).await;
             return;
         }
     };
@@ -172,11 +195,31 @@ pub async fn serve(
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
-        let first = tokio::select! {
-            frame = body.frame() => frame,
-            () = client_gone(&stream) => return,
-            () = &mut cut => return,
-            () = &mut stop => return,
+        let mut ready = None;
+        if let Some(link) = control.link() {
+            // Polled once with this task's waker, so a delivery queued from
+            // now on wakes it, parked or not.
+            ready = poll_now(&mut body).await;
+            if ready.is_none() {
+                if let Some(position) = body.idle_live() {
+                    let parked = park(
+                        link, control, &mut body, position, stream, &mut cut, &mut stop,
+                    );
+                    if !parked.await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let first = match ready {
+            Some(frame) => frame,
+            None => tokio::select! {
+                frame = body.frame() => frame,
+                () = client_gone(stream) => return,
+                () = &mut cut => return,
+                () = &mut stop => return,
+            },
         };
         let Some(Ok(first)) = first else {
             // The stream ended (drain, slow consumer): finish the response.
@@ -189,20 +232,12 @@ pub async fn serve(
         push_frame(&mut frames, first);
         gather(&mut body, &mut frames, &mut ended);
         let written = tokio::select! {
-            written = tokio::time::timeout(write_deadline, write_chunk(&mut stream, &frames, ended)) => written,
+            written = tokio::time::timeout(write_deadline, write_chunk(stream, &frames, ended)) => written,
             () = &mut cut => return,
             () = &mut stop => return,
         };
         let Ok(written) = written else {
-            // The client does not read (or its network stalled): cut. Its
-            // last whole event's id resumes it.
-            state.metrics.write_deadline_disconnect(Transport::Sse);
-            tracing::info!(
-                reason = "write-deadline",
-                deadline = ?write_deadline,
-                transport = Transport::Sse.as_str(),
-                "Subscriber cut: its connection did not take a write in time"
-            );
+            write_deadline_cut(state);
             return;
         };
         if written.is_err() || ended {
@@ -210,6 +245,108 @@ pub async fn serve(
                 let _ = tokio::time::timeout(CUT_GRACE, stream.shutdown()).await;
             }
             return;
+        }
+    }
+}
+
+/// The client does not read (or its network stalled): cut. Its last whole
+/// event's id resumes it.
+fn write_deadline_cut(state: &AppState) {
+    state.metrics.write_deadline_disconnect(Transport::Sse);
+    tracing::info!(
+        reason = "write-deadline",
+        deadline = ?state.settings.write_deadline,
+        transport = Transport::Sse.as_str(),
+        "Subscriber cut: its connection did not take a write in time"
+    );
+}
+
+/// The body's next frame if it is ready now (polled with this task's waker).
+async fn poll_now(
+    body: &mut SseBody,
+) -> Option<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(
+            match http_body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx) {
+                Poll::Ready(frame) => Some(frame),
+                Poll::Pending => None,
+            },
+        )
+    })
+    .await
+}
+
+/// Parks the idle connection on the io_uring writer (its next message is
+/// written there) until something else is to be written — a queued
+/// delivery, a heartbeat, the writer handing the connection back — then
+/// takes it back: the stream's position follows what the writer wrote, and
+/// what a send left unwritten is written first. False when the connection
+/// is to close.
+async fn park(
+    link: &Link,
+    control: &ConnectionControl,
+    body: &mut SseBody,
+    position: MessageId,
+    stream: &mut TcpStream,
+    cut: &mut (impl std::future::Future<Output = ()> + Unpin),
+    stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> bool {
+    let next = MessageId {
+        epoch: position.epoch,
+        seq: position.seq.saturating_add(1),
+    };
+    if !link.park(next, body.names()) {
+        return false;
+    }
+    // A delivery queued before the link was parked is written by the task.
+    if body.queued() == 0 {
+        let wake = std::future::poll_fn(|cx| {
+            if body.queued() > 0 {
+                return Poll::Ready(());
+            }
+            body.poll_heartbeat(cx)
+        });
+        let open = tokio::select! {
+            () = wake => true,
+            () = control.wait_until(|| link.is_task()) => true,
+            () = client_gone(stream) => false,
+            () = &mut *cut => false,
+            () = &mut *stop => false,
+        };
+        if !open {
+            return false;
+        }
+    }
+    let mut returned = None;
+    control
+        .wait_until(|| {
+            returned = link.take_back();
+            returned.is_some()
+        })
+        .await;
+    let Some(returned) = returned else {
+        return false;
+    };
+    body.delivered_directly(returned.last);
+    let Some(rest) = returned.rest else {
+        return true;
+    };
+    let state = body.state().clone();
+    let written = tokio::select! {
+        written = tokio::time::timeout(state.settings.write_deadline, stream.write_all(&rest.bytes)) => written,
+        () = &mut *cut => return false,
+        () = &mut *stop => return false,
+    };
+    match written {
+        Ok(Ok(())) => {
+            let frame_len = rest.message.sse_frame(body.names()).len();
+            state.delivered(Transport::Sse, &rest.message, frame_len, 0);
+            true
+        }
+        Ok(Err(_)) => false,
+        Err(_) => {
+            write_deadline_cut(&state);
+            false
         }
     }
 }
