@@ -26,6 +26,7 @@
 #   STREAM_SUBSCRIBERS [1000]   the stream path: SSE subscribers through Envoy (1 worker)
 #   STREAM_RATE [50]            messages/s published to them (each relayed to every subscriber)
 #   STREAM_SECONDS [20]         per measurement; STREAM_ROUNDS [3] rounds of (no filter, filter)
+#   STREAM_TOGETHER_ROUNDS [3]  rounds with the Envoys (no filter, empty, sidestream) at once, a third of the subscribers each
 #   PROPAGATION_UPDATES [250]
 #   PUSH_SERVERS ["sidestream-epoll sidestream-uring nchan pushpin"]  sidestream-push's variants
 #                               (flags per variant: SIDESTREAM_VARIANT_ARGS below) and its peers
@@ -104,7 +105,7 @@ if [ "$smoke" = 1 ]; then
   PUSH_STEPS=${PUSH_STEPS:-2:2,5:2} PUSH_SWEEP=${PUSH_SWEEP:-100 200}
   PUSH_SWEEP_SECONDS=${PUSH_SWEEP_SECONDS:-2}
   PUSH_RATES=${PUSH_RATES:-2:2,10:2} PUSH_RATE_SUBSCRIBERS=${PUSH_RATE_SUBSCRIBERS:-200}
-  STREAM_SUBSCRIBERS=${STREAM_SUBSCRIBERS:-100} STREAM_SECONDS=${STREAM_SECONDS:-3} STREAM_ROUNDS=${STREAM_ROUNDS:-1}
+  STREAM_SUBSCRIBERS=${STREAM_SUBSCRIBERS:-100} STREAM_SECONDS=${STREAM_SECONDS:-3} STREAM_ROUNDS=${STREAM_ROUNDS:-1} STREAM_TOGETHER_ROUNDS=${STREAM_TOGETHER_ROUNDS:-1}
   MESH_SECONDS=${MESH_SECONDS:-2} MESH_STORM=${MESH_STORM:-500} MESH_STORM_LIMIT=${MESH_STORM_LIMIT:-100}
   PUSH_OTLP_SUBSCRIBERS=${PUSH_OTLP_SUBSCRIBERS:-100} PUSH_OTLP_STEPS=${PUSH_OTLP_STEPS:-5:2}
 fi
@@ -117,6 +118,7 @@ STREAM_SUBSCRIBERS=${STREAM_SUBSCRIBERS:-1000}
 STREAM_RATE=${STREAM_RATE:-50}
 STREAM_SECONDS=${STREAM_SECONDS:-20}
 STREAM_ROUNDS=${STREAM_ROUNDS:-3}
+STREAM_TOGETHER_ROUNDS=${STREAM_TOGETHER_ROUNDS:-3}
 PROPAGATION_UPDATES=${PROPAGATION_UPDATES:-250}
 PUSH_SERVERS=${PUSH_SERVERS:-sidestream-epoll sidestream-uring nchan pushpin}
 PUSH_PARTS=${PUSH_PARTS:-memory latency saturation rates otlp}
@@ -420,8 +422,8 @@ bench_filter() {
 # the sidestream filter, alternated in STREAM_ROUNDS rounds (ABBA order). `sidestream-bench
 # fanout --server-pid <Envoy>` reports Envoy's CPU time (/proc) per relayed
 # message -> stream-<variant>-r<round>.json.
-stream_envoy_config() { # variant wasm-dir : writes $RUN/envoy-stream-<variant>.yaml
-  local v=$1 snippet cfg="$RUN/envoy-stream-$1.yaml"
+stream_envoy_config() { # variant wasm-dir [listen-port admin-port] : writes $RUN/envoy-stream-<variant>.yaml
+  local v=$1 snippet cfg="$RUN/envoy-stream-$1.yaml" listen=${3:-$P_ENVOY} admin=${4:-$P_ENVOY_ADMIN}
   # The filter's tenant stream limit (5/s, burst 5, 20 at once per key; here
   # every subscriber has the same client address) raised so every subscriber
   # is admitted: admission still runs at each open, as for any stream.
@@ -429,7 +431,7 @@ stream_envoy_config() { # variant wasm-dir : writes $RUN/envoy-stream-<variant>.
     -e 's/"burst": 5,/"burst": 100000,/' -e 's/"maxConcurrent": 20,/"maxConcurrent": 100000,/' \
     "bench/envoy/filters/$v.yaml")
   fill bench/envoy/filter-base.yaml "$cfg" \
-    "HTTP_FILTERS=$snippet" ADMIN_PORT=$P_ENVOY_ADMIN LISTEN_PORT=$P_ENVOY \
+    "HTTP_FILTERS=$snippet" ADMIN_PORT=$admin LISTEN_PORT=$listen \
     STABLE_PORT=$P_STREAM_PUSH CANARY_PORT=$P_STREAM_PUSH
   fill "$cfg" "$cfg" "WASM_DIR=$2"
   if [ "$v" = sidestream ]; then
@@ -442,9 +444,13 @@ bench_stream() {
   [ -f "$SIDESTREAM_WASM" ] || die "no sidestream filter at $SIDESTREAM_WASM (make filter, or set SIDESTREAM_WASM)"
   [ -x "$SERVER_BIN/sidestream-push" ] || die "missing $SERVER_BIN/sidestream-push (cargo build --release --bins)"
   rm -f "$RESULTS"/stream-*
+  CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} scripts/build-filter.sh -p sidestream-empty-filter \
+    >"$RUN/build-empty-filter-stream.log" 2>&1 \
+    || die "building the empty filter failed: $RUN/build-empty-filter-stream.log"
   local wasm_tmp="$RUN/wasm-stream" round v
   mkdir -p "$wasm_tmp"
   cp "$SIDESTREAM_WASM" "$wasm_tmp/sidestream_filter.wasm"
+  cp "$WASM_DIR/sidestream_empty_filter.wasm" "$wasm_tmp/"
   ports_free "$P_STREAM_PUSH" "$P_STREAM_PUSH_GRPC" "$P_ENVOY" "$P_ENVOY_ADMIN"
   start stream-push taskset -c "$CLIENT_CPU" "$SERVER_BIN/sidestream-push" \
     --listen "127.0.0.1:$P_STREAM_PUSH" --grpc-listen "127.0.0.1:$P_STREAM_PUSH_GRPC"
@@ -482,8 +488,58 @@ bench_stream() {
       stop "stream-envoy-$v"
     done
   done
+  bench_stream_together
   stop stream-push
   log "stream benchmark done"
+}
+
+# The Envoys side by side (STREAM_TOGETHER_ROUNDS rounds): no filter, the
+# empty Rust Wasm filter and the sidestream filter, all at once, pinned to the
+# same core, each relaying to a third of the subscribers on its own topic, so
+# whatever the machine does meanwhile weighs on all alike (CPU per message
+# drifts by several percent between runs one after another).
+# -> stream-together-<variant>-r<round>.json
+STREAM_TOGETHER=(none empty-wasm sidestream)
+stream_together_port() { # variant : its listener port (admin: +1)
+  case "$1" in none) echo "$P_ENVOY" ;; empty-wasm) echo $((B + 2)) ;; sidestream) echo $((B + 4)) ;; esac
+}
+
+bench_stream_together() {
+  local round v share=$((STREAM_SUBSCRIBERS / ${#STREAM_TOGETHER[@]})) listen
+  for round in $(seq 1 "$STREAM_TOGETHER_ROUNDS"); do
+    for v in "${STREAM_TOGETHER[@]}"; do
+      listen=$(stream_together_port "$v")
+      ports_free "$listen" "$((listen + 1))"
+      stream_envoy_config "$v" "$RUN/wasm-stream" "$listen" "$((listen + 1))"
+      start "stream-envoy-$v" taskset -c "$SERVER_CPU" envoy -c "$RUN/envoy-stream-$v.yaml" --concurrency 1 \
+        --disable-hot-restart --log-level warn
+    done
+    for v in "${STREAM_TOGETHER[@]}"; do
+      wait_http "stream-envoy-$v" "http://127.0.0.1:$(($(stream_together_port "$v") + 1))/ready" 60
+    done
+    log "stream side by side, round $round/$STREAM_TOGETHER_ROUNDS: $share subscribers through each Envoy"
+    local fanouts=()
+    for v in "${STREAM_TOGETHER[@]}"; do
+      local topic="stream-together-$v-r$round-$RANDOM"
+      taskset -c "$CLIENT_CPU" "$BENCH" --threads 1 fanout --label "stream-together-$v-r$round" \
+        --server-pid "${PIDS[stream-envoy-$v]}" \
+        --sub-url "http://127.0.0.1:$(stream_together_port "$v")/v1/events?topic=$topic" --publish-kind sidestream \
+        --publish-url "http://127.0.0.1:$P_STREAM_PUSH/v1/topics/$topic/messages" --topic "$topic" \
+        --subscribers "$share" --steps "$STREAM_RATE:$STREAM_SECONDS" \
+        --payload-bytes "$PUSH_PAYLOAD_BYTES" --out "$RESULTS/stream-together-$v-r$round.json" \
+        >"$RUN/stream-together-$v.log" 2>&1 &
+      fanouts+=($!)
+    done
+    local pid
+    for pid in "${fanouts[@]}"; do
+      wait "$pid" || die "stream: a side-by-side fan-out failed; logs: $RUN/stream-together-*.log"
+    done
+    for v in "${STREAM_TOGETHER[@]}"; do
+      log "stream side by side, round $round: $v: $(python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["steps"][0]; print("%d/%d delivered, Envoy %.2f us CPU per relayed message" % (s["delivered"], s["expected"], s["server_cpu_us_per_delivery"] or 0))' "$RESULTS/stream-together-$v-r$round.json")"
+      alive "stream-envoy-$v"
+      stop "stream-envoy-$v"
+    done
+  done
 }
 
 # ------------------------------------------------------------- propagation

@@ -113,6 +113,10 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ),
         ("{{STREAM_TABLE}}", stream::table(&args.results)),
         (
+            "{{STREAM_TOGETHER_TABLE}}",
+            stream::together_table(&args.results),
+        ),
+        (
             "{{FILTER_PLOTS}}",
             figure("filter-throughput.svg", "filter throughput")
                 + &figure("filter-latency.svg", "filter latency"),
