@@ -26,9 +26,17 @@ pub const TARGET_SATURATION_RATIO: f64 = 8.0;
 /// sidestream's idle memory per connection, below this (KiB).
 pub const TARGET_IDLE_KIB: f64 = 4.2;
 
-/// A step lost more than this share of its deliveries: the server fell
-/// behind, and its CPU per delivery is that of a backlog.
+/// A step that delivered less than this share of what was offered while
+/// publishing, or lost more than [`LOSSY`] of it, fell behind: its CPU per
+/// delivery is that of a backlog.
+const KEPT_UP: f64 = 0.95;
 const LOSSY: f64 = 0.01;
+
+fn fell_behind(step: &Value) -> bool {
+    let offered = num(step, &["offered_per_s"]).unwrap_or(0.0);
+    let delivered = num(step, &["delivered_per_s"]).unwrap_or(0.0);
+    num(step, &["loss_ratio"]).unwrap_or(0.0) > LOSSY || delivered < KEPT_UP * offered
+}
 
 pub fn is_sidestream(server: &str) -> bool {
     server.starts_with("sidestream")
@@ -269,8 +277,9 @@ pub fn rates_table(r: &Results) -> String {
         .filter_map(|m| num(m, &["connected"]))
         .fold(0.0, f64::max);
     let mut s = format!(
-        "Server (of which user space) / client CPU per delivery (µs) at {subscribers:.0} subscribers; † = the step lost more than {:.0}% of its deliveries (the server fell behind).\n\n\
+        "Server (of which user space) / client CPU per delivery (µs) at {subscribers:.0} subscribers; † = the server fell behind (delivered less than {:.0}% of the offered rate, or lost more than {:.0}%).\n\n\
          | publish/s | offered deliveries/s |",
+        KEPT_UP * 100.0,
         LOSSY * 100.0
     );
     for (_, label) in &servers {
@@ -290,8 +299,8 @@ pub fn rates_table(r: &Results) -> String {
         let _ = write!(s, "| {} | {offered:.0} |", trim_rate(rate));
         for (k, _) in &servers {
             let cell = rate_step(r, k, rate).map_or("–".into(), |st| {
-                let lossy = num(st, &["loss_ratio"]).unwrap_or(0.0) > LOSSY;
-                format!("{}{}", cpu_triple(st), if lossy { " †" } else { "" })
+                let behind = fell_behind(st);
+                format!("{}{}", cpu_triple(st), if behind { " †" } else { "" })
             });
             let _ = write!(s, " {cell} |");
         }
@@ -519,6 +528,12 @@ mod tests {
             "{t}"
         );
         assert_eq!(sweep_rates(&r), vec![1.0, 2.0]);
+        // Delivering 80% of the offered rate, with no loss yet, is falling behind too.
+        let mut behind: Value = serde_json::from_str(&step(40.0, 5.0, 2.0, 900.0, 0.0)).unwrap();
+        behind["delivered_per_s"] = Value::from(320_000.0);
+        assert!(fell_behind(&behind));
+        behind["delivered_per_s"] = Value::from(396_000.0);
+        assert!(!fell_behind(&behind));
         assert!(rates_table(&results(&[])).contains("not measured"));
     }
 
