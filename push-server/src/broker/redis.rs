@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::io::tcp::TcpSettings;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
-use redis::{AsyncConnectionConfig, Client, Script, Value};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Script, Value};
 use sidestream_core::backoff::Backoff;
 use sidestream_core::config::TopicSettings;
 use tokio::sync::Notify;
@@ -130,7 +131,13 @@ impl RedisBroker {
         hub: Arc<Hub>,
         idempotency_window: Duration,
     ) -> Result<RedisBroker, BrokerError> {
-        let client = Client::open(url)?;
+        // Redis sockets with TCP_NODELAY (redis-rs leaves Nagle's algorithm
+        // on): a publish written while another's bytes are unacknowledged
+        // goes out at once, not after that ACK.
+        let info = url
+            .into_connection_info()?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))
