@@ -325,6 +325,9 @@ impl Hub {
         };
         let span = crate::trace::deliver_span(message);
         let writer = self.writer.get().filter(|w| w.usable());
+        // A writer still sending earlier messages is behind: this message
+        // takes the queues, whose tasks batch what piles up.
+        let take = writer.is_some_and(Writer::idle);
         // One job per way of framing the message (published or topic names).
         let mut jobs: [Option<Job>; 2] = [None, None];
         let mut delivered = 0;
@@ -335,7 +338,7 @@ impl Hub {
             }
             if writer.is_some() {
                 if let Some(connection) = &handle.connection {
-                    if let Some(names) = connection.link().and_then(|l| l.claim(message.id)) {
+                    if let Some(names) = connection.link().and_then(|l| l.claim(message.id, take)) {
                         jobs[names as usize]
                             .get_or_insert_with(|| Job::new(message, names))
                             .push(connection.clone());

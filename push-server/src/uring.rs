@@ -32,7 +32,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -221,13 +221,14 @@ impl Link {
     }
 
     /// Dispatch: takes message `id` for the writer if the connection is
-    /// parked waiting for exactly it (the frame's names returned). A parked
-    /// connection offered another id goes back to its task (the message is
-    /// queued, which wakes the task).
-    pub fn claim(&self, id: MessageId) -> Option<SseEventNames> {
+    /// parked waiting for exactly it and the writer `take`s work (the
+    /// frame's names returned). A parked connection offered another id, or
+    /// offered one while the writer is busy, goes back to its task (the
+    /// message is queued, which wakes the task).
+    pub fn claim(&self, id: MessageId, take: bool) -> Option<SseEventNames> {
         let mut state = self.lock();
         match state.mode {
-            Mode::Parked if state.next == id => {
+            Mode::Parked if take && state.next == id => {
                 state.mode = Mode::InFlight;
                 Some(state.names)
             }
@@ -354,6 +355,9 @@ pub fn chunk(frame: &[u8]) -> Bytes {
 #[derive(Debug)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Jobs submitted and not finished: while one is, the writer is behind
+    /// and new messages take the queue path (which batches under load).
+    pending: Arc<AtomicUsize>,
     /// Set when the ring failed at run time: no more claims, epoll from then on.
     broken: Arc<AtomicBool>,
 }
@@ -363,11 +367,16 @@ impl Writer {
     pub fn start(ring: IoUring, state: Weak<AppState>) -> io::Result<Writer> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let broken = Arc::new(AtomicBool::new(false));
-        let thread_broken = broken.clone();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let (thread_broken, thread_pending) = (broken.clone(), pending.clone());
         std::thread::Builder::new()
             .name("fanout-uring".into())
-            .spawn(move || run(ring, &rx, &state, &thread_broken))?;
-        Ok(Writer { jobs, broken })
+            .spawn(move || run(ring, &rx, &state, &thread_broken, &thread_pending))?;
+        Ok(Writer {
+            jobs,
+            pending,
+            broken,
+        })
     }
 
     /// Whether dispatch may park messages here.
@@ -375,9 +384,16 @@ impl Writer {
         !self.broken.load(Ordering::Acquire)
     }
 
+    /// Whether the writer has finished every job (takes a new one at once).
+    pub fn idle(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+
     /// Queues `job`; its connections return to their tasks if the writer is gone.
     pub fn submit(&self, job: Job) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             self.broken.store(true, Ordering::Release);
             give_back(&job, -libc::EPIPE);
         }
@@ -428,35 +444,53 @@ fn finish(target: &ConnectionControl, job: &Job, result: i32) {
     }
 }
 
-fn run(mut ring: IoUring, jobs: &mpsc::Receiver<Job>, state: &Weak<AppState>, broken: &AtomicBool) {
+fn run(
+    mut ring: IoUring,
+    jobs: &mpsc::Receiver<Job>,
+    state: &Weak<AppState>,
+    broken: &AtomicBool,
+    pending: &AtomicUsize,
+) {
     let mut results = vec![0i32; BATCH];
     while let Ok(job) = jobs.recv() {
-        if broken.load(Ordering::Acquire) {
-            give_back(&job, -libc::EIO);
-            continue;
+        send_job(&mut ring, &job, state, broken, &mut results);
+        pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Sends `job` batch by batch and completes every target.
+fn send_job(
+    ring: &mut IoUring,
+    job: &Job,
+    state: &Weak<AppState>,
+    broken: &AtomicBool,
+    results: &mut [i32],
+) {
+    if broken.load(Ordering::Acquire) {
+        give_back(job, -libc::EIO);
+        return;
+    }
+    let state = state.upgrade();
+    for group in job.targets.chunks(BATCH) {
+        if let Err(error) = send_batch(ring, &job.chunk, group, results) {
+            // The sends of this batch were not submitted (or their
+            // completions are lost): nothing refers to the sockets any
+            // more once the ring is dropped with the thread; until then
+            // no new job is taken.
+            tracing::warn!(%error, "io_uring fan-out failed; using the epoll path from now on");
+            broken.store(true, Ordering::Release);
+            results[..group.len()].fill(-libc::EIO);
         }
-        let state = state.upgrade();
-        for group in job.targets.chunks(BATCH) {
-            if let Err(error) = send_batch(&mut ring, &job.chunk, group, &mut results) {
-                // The sends of this batch were not submitted (or their
-                // completions are lost): nothing refers to the sockets any
-                // more once the ring is dropped with the thread; until then
-                // no new job is taken.
-                tracing::warn!(%error, "io_uring fan-out failed; using the epoll path from now on");
-                broken.store(true, Ordering::Release);
-                results[..group.len()].fill(-libc::EIO);
+        let mut outcomes = Outcomes::default();
+        for (target, &result) in group.iter().zip(results.iter()) {
+            finish(target, job, result);
+            outcomes.count(result, job.chunk.len());
+        }
+        if let Some(state) = &state {
+            for _ in 0..outcomes.written {
+                state.delivered(Transport::Sse, &job.message, job.frame_len, 0);
             }
-            let mut outcomes = Outcomes::default();
-            for (target, &result) in group.iter().zip(&results) {
-                finish(target, &job, result);
-                outcomes.count(result, job.chunk.len());
-            }
-            if let Some(state) = &state {
-                for _ in 0..outcomes.written {
-                    state.delivered(Transport::Sse, &job.message, job.frame_len, 0);
-                }
-                outcomes.record(&state.metrics);
-            }
+            outcomes.record(&state.metrics);
         }
     }
 }
@@ -565,9 +599,9 @@ mod tests {
     #[test]
     fn a_link_takes_only_the_next_id_and_hands_back_what_it_did_not_write() {
         let link = Link::new(-1);
-        assert_eq!(link.claim(id(1)), None, "not parked");
+        assert_eq!(link.claim(id(1), true), None, "not parked");
         assert!(link.park(id(5), SseEventNames::Topic));
-        assert_eq!(link.claim(id(5)), Some(SseEventNames::Topic));
+        assert_eq!(link.claim(id(5), true), Some(SseEventNames::Topic));
         assert!(link.in_flight());
         assert!(link.take_back().is_none(), "in flight");
         assert!(!link.close(), "in flight");
@@ -580,16 +614,16 @@ mod tests {
 
         // A whole write keeps it parked, for the next id only.
         assert!(link.park(id(6), SseEventNames::Published));
-        assert_eq!(link.claim(id(6)), Some(SseEventNames::Published));
+        assert_eq!(link.claim(id(6), true), Some(SseEventNames::Published));
         assert!(!link.complete(&message(6), &chunk, chunk.len() as i32));
-        assert_eq!(link.claim(id(8)), None, "a gap goes to the task");
+        assert_eq!(link.claim(id(8), true), None, "a gap goes to the task");
         assert!(link.is_task());
         assert_eq!(link.take_back().expect("task").last, id(6));
 
         // A partial write leaves the rest; EAGAIN leaves everything.
         for (result, rest) in [(3, &chunk[3..]), (-libc::EAGAIN, &chunk[..])] {
             assert!(link.park(id(7), SseEventNames::Published));
-            assert!(link.claim(id(7)).is_some());
+            assert!(link.claim(id(7), true).is_some());
             assert!(link.complete(&message(7), &chunk, result));
             let back = link.take_back().expect("returned");
             assert_eq!(back.last, id(7));
@@ -597,6 +631,6 @@ mod tests {
         }
         assert!(link.close());
         assert!(!link.park(id(8), SseEventNames::Published), "closed");
-        assert_eq!(link.claim(id(8)), None);
+        assert_eq!(link.claim(id(8), true), None);
     }
 }
