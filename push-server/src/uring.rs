@@ -21,9 +21,9 @@
 //! task, which ends the stream. A connection whose send is in flight cannot
 //! be taken back or closed until its completion is reaped, so no SQE ever
 //! refers to a closed socket. A message that does not follow the parked id,
-//! or that arrives while the connection's send is still in flight, goes to
-//! the queue as before and the task takes the connection back: under load
-//! subscribers leave the ring for the queue path, which batches frames.
+//! or that arrives while the writer is still sending earlier messages, goes
+//! to the queue as before and the task takes the connection back: under
+//! load subscribers leave the ring for the queue path, which batches frames.
 //!
 //! [`choose`] picks the path at start: `auto` uses io_uring where a ring can
 //! be set up and entered (kernels without it, `io_uring_disabled`, seccomp
