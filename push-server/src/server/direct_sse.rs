@@ -202,9 +202,10 @@ async fn serve_events(
             ready = poll_now(&mut body).await;
             if ready.is_none() {
                 if let Some(position) = body.idle_live() {
-                    let parked = park(
+                    // Boxed: the parked phase does not grow every connection's task.
+                    let parked = Box::pin(park(
                         link, control, &mut body, position, stream, &mut cut, &mut stop,
-                    );
+                    ));
                     if !parked.await {
                         return;
                     }
