@@ -278,10 +278,7 @@ impl Link {
             Mode::Parked | Mode::Task => {
                 state.mode = Mode::Task;
                 Some(Returned {
-                    last: MessageId {
-                        epoch: state.next.epoch,
-                        seq: state.next.seq.saturating_sub(1),
-                    },
+                    last: state.last(),
                     rest: state.rest.take(),
                 })
             }
@@ -299,18 +296,29 @@ impl Link {
         self.lock().mode == Mode::InFlight
     }
 
-    /// Closes the link for good: false while a send is in flight (wait for
-    /// the connection's change, then ask again). The socket may be closed
-    /// once this returned true.
-    pub fn close(&self) -> bool {
+    /// Closes the link for good: `None` while a send is in flight (wait for
+    /// the connection's change, then ask again), else the last message
+    /// handed to the connection, so its stream counts what the writer wrote.
+    /// The socket may be closed once this returned `Some`.
+    pub fn close(&self) -> Option<MessageId> {
         let mut state = self.lock();
         if state.mode == Mode::InFlight {
             state.wanted = true;
-            return false;
+            return None;
         }
         state.mode = Mode::Closed;
         state.rest = None;
-        true
+        Some(state.last())
+    }
+}
+
+impl LinkState {
+    /// The last message handed to the connection.
+    fn last(&self) -> MessageId {
+        MessageId {
+            epoch: self.next.epoch,
+            seq: self.next.seq.saturating_sub(1),
+        }
     }
 }
 
@@ -604,7 +612,7 @@ mod tests {
         assert_eq!(link.claim(id(5), true), Some(SseEventNames::Topic));
         assert!(link.in_flight());
         assert!(link.take_back().is_none(), "in flight");
-        assert!(!link.close(), "in flight");
+        assert_eq!(link.close(), None, "in flight");
         let chunk = chunk(b"hello");
         // Wanted back while in flight: returned after a whole write.
         assert!(link.complete(&message(5), &chunk, chunk.len() as i32));
@@ -629,7 +637,7 @@ mod tests {
             assert_eq!(back.last, id(7));
             assert_eq!(&back.rest.expect("rest").bytes[..], rest);
         }
-        assert!(link.close());
+        assert_eq!(link.close(), Some(id(7)), "what the writer last took");
         assert!(!link.park(id(8), SseEventNames::Published), "closed");
         assert_eq!(link.claim(id(8), true), None);
     }

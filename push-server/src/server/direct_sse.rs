@@ -154,7 +154,7 @@ pub async fn serve(
     serve_events(&mut stream, request, &state, &control, shutdown).await;
     if let Some(link) = control.link() {
         // No send of the io_uring writer may refer to the socket once closed.
-        control.wait_until(|| link.close()).await;
+        control.wait_until(|| link.close().is_some()).await;
     }
 }
 
@@ -315,6 +315,18 @@ async fn park(
             () = &mut *stop => false,
         };
         if !open {
+            // What the writer sent while parked still counts for the stream
+            // (its span's deliveries) before the stream ends.
+            let mut closed = None;
+            control
+                .wait_until(|| {
+                    closed = link.close();
+                    closed.is_some()
+                })
+                .await;
+            if let Some(last) = closed {
+                body.delivered_directly(last);
+            }
             return false;
         }
     }
