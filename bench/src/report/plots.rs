@@ -337,6 +337,25 @@ fn push_memory(r: &Results, path: &Path) -> DrawResult {
     )
 }
 
+/// Draws one series as a line with a round marker at each point, labelled
+/// in the legend.
+fn line_with_markers<'a, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    label: &str,
+    colour: RGBColor,
+    pts: &[(f64, f64)],
+) -> DrawResult {
+    chart
+        .draw_series(LineSeries::new(pts.iter().copied(), colour.stroke_width(2)))
+        .map_err(err)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+    chart
+        .draw_series(pts.iter().map(|p| Circle::new(*p, 4, colour.filled())))
+        .map_err(err)?;
+    Ok(())
+}
+
 /// Draws the series legend (upper left) and writes the plot out.
 fn legend_and_present<'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
@@ -422,20 +441,12 @@ fn push_throughput(r: &Results, path: &Path) -> DrawResult {
         .label("delivered = offered")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
     for (i, (label, pts)) in series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
         let pts: Vec<(f64, f64)> = pts
             .iter()
             .copied()
             .filter(|(a, b)| *a > 0.0 && *b > 0.0)
             .collect();
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(*label)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))
-            .map_err(err)?;
+        line_with_markers(&mut chart, label, COLORS[i % COLORS.len()], &pts)?;
     }
     legend_and_present(&mut chart, &root)
 }
@@ -595,15 +606,7 @@ fn push_cpu_vs_rate(r: &Results, path: &Path) -> DrawResult {
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.6)));
     }
     for (i, label, pts) in &series {
-        let c = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(*label)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))
-            .map_err(err)?;
+        line_with_markers(&mut chart, label, COLORS[i % COLORS.len()], pts)?;
     }
     legend_and_present(&mut chart, &root)
 }
