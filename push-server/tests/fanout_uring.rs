@@ -7,33 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use sidestream_push::daemon::{self, DaemonConfig, RunningDaemon};
-use sidestream_push::topics::TopicRegistry;
+use common::{start, Server};
 use sidestream_push::uring::{FanoutIo, FanoutPath};
-use sidestream_push::{AppState, Settings};
+use sidestream_push::Settings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-struct Server {
-    addr: String,
-    state: Arc<AppState>,
-    _daemon: RunningDaemon,
-}
-
-async fn start(settings: Settings) -> Server {
-    let config = DaemonConfig::loopback(settings, TopicRegistry::new(Vec::new(), true));
-    let daemon = daemon::start_with(config).await.unwrap();
-    Server {
-        addr: daemon.http_addr.to_string(),
-        state: daemon.state.clone(),
-        _daemon: daemon,
-    }
-}
 
 fn uring() -> Settings {
     Settings {
@@ -43,34 +27,10 @@ fn uring() -> Settings {
 }
 
 impl Server {
-    /// The value of the metric line starting with `prefix`, 0 when absent.
-    fn metric(&self, prefix: &str) -> f64 {
-        self.state
-            .metrics
-            .encode(0)
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
-
     fn sends(&self, result: &str) -> f64 {
         self.metric(&format!(
             "sidestream_push_fanout_uring_sends_total{{result=\"{result}\"}}"
         ))
-    }
-
-    async fn publish(&self, client: &reqwest::Client, topic: &str, data: &str) -> String {
-        let response = client
-            .post(format!("http://{}/v1/topics/{topic}/messages", self.addr))
-            .body(data.to_owned())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "publish to {topic}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        body["id"].as_str().unwrap().to_owned()
     }
 
     /// A raw SSE subscriber on the direct path, past its response head and
@@ -168,22 +128,21 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subscriber_gets_every_message_in_order_through_io_uring() {
-    let server = start(uring()).await;
+    let server = start(uring(), Vec::new()).await;
     assert_eq!(server.state.fanout_path(), FanoutPath::Uring);
     assert_eq!(
         server.metric("sidestream_push_fanout_io{path=\"uring\"}"),
         1.0
     );
-    let client = reqwest::Client::new();
     // The topic exists (and has an epoch) before anyone subscribes.
-    let mut ids = vec![server.publish(&client, "t", "first").await];
+    let mut ids = vec![server.publish("t", "first").await];
     let mut subscribers = Vec::new();
     for _ in 0..200 {
         subscribers.push(server.subscribe("t").await);
     }
     ids.clear();
     for i in 0..60 {
-        ids.push(server.publish(&client, "t", &format!("message {i}")).await);
+        ids.push(server.publish("t", &format!("message {i}")).await);
         // Paced, so subscribers are idle (parked) between messages.
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
@@ -208,14 +167,16 @@ async fn every_subscriber_gets_every_message_in_order_through_io_uring() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_leaves_the_ring_and_is_cut_by_its_queue_bound() {
-    let server = start(Settings {
-        queue_capacity: 64,
-        queue_bytes: 1024 * 1024,
-        ..uring()
-    })
+    let server = start(
+        Settings {
+            queue_capacity: 64,
+            queue_bytes: 1024 * 1024,
+            ..uring()
+        },
+        Vec::new(),
+    )
     .await;
-    let client = reqwest::Client::new();
-    server.publish(&client, "t", "first").await;
+    server.publish("t", "first").await;
     let mut readers = Vec::new();
     for _ in 0..4 {
         readers.push(server.subscribe("t").await);
@@ -234,9 +195,7 @@ async fn a_subscriber_that_stops_reading_leaves_the_ring_and_is_cut_by_its_queue
     let payload = "x".repeat(16 * 1024);
     let mut ids = Vec::new();
     for i in 0..400 {
-        let id = server
-            .publish(&client, "t", &format!("{i} {payload}"))
-            .await;
+        let id = server.publish("t", &format!("{i} {payload}")).await;
         // The readers keep up (each has read this message before the next).
         let line = format!("id: {id}\n");
         for reader in &mut readers {
@@ -268,11 +227,10 @@ async fn a_subscriber_that_stops_reading_leaves_the_ring_and_is_cut_by_its_queue
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_ends_parked_streams_with_the_drain_event() {
-    let server = start(uring()).await;
-    let client = reqwest::Client::new();
-    server.publish(&client, "t", "first").await;
+    let server = start(uring(), Vec::new()).await;
+    server.publish("t", "first").await;
     let mut subscriber = server.subscribe("t").await;
-    let id = server.publish(&client, "t", "second").await;
+    let id = server.publish("t", "second").await;
     assert!(
         subscriber
             .read_until(|text| text.contains(&format!("id: {id}\n")))

@@ -6,72 +6,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use sidestream_core::config::TopicSettings;
-use sidestream_push::daemon::{self, DaemonConfig, RunningDaemon};
-use sidestream_push::topics::TopicRegistry;
-use sidestream_push::{AppState, Settings};
+use sidestream_push::Settings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::{start, Server};
+
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The daemon as the binary runs it, on ports 0 (stopped when dropped).
-struct Server {
-    addr: String,
-    state: Arc<AppState>,
-    _daemon: RunningDaemon,
-}
-
-async fn start(settings: Settings, topics: Vec<TopicSettings>) -> Server {
-    let config = DaemonConfig::loopback(settings, TopicRegistry::new(topics, true));
-    let daemon = daemon::start_with(config).await.unwrap();
-    Server {
-        addr: daemon.http_addr.to_string(),
-        state: daemon.state.clone(),
-        _daemon: daemon,
-    }
-}
-
 impl Server {
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn metrics(&self) -> String {
-        self.state.metrics.encode(0)
-    }
-
-    /// The value of the metric line starting with `prefix`, 0 when absent.
-    fn metric(&self, prefix: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
-
     fn detected(&self, protocol: &str) -> f64 {
         self.metric(&format!(
             "sidestream_push_connections_detected_total{{protocol=\"{protocol}\"}}"
         ))
-    }
-
-    async fn publish(&self, topic: &str, data: &str) -> String {
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/topics/{topic}/messages", self.url()))
-            .body(data.to_owned())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "publish to {topic}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        body["id"].as_str().unwrap().to_owned()
     }
 }
 
