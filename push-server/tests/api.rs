@@ -4,9 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{start, Server};
 use eventsource_stream::{Event as SseEvent, Eventsource};
 use futures::{SinkExt, Stream, StreamExt};
 use serde_json::{json, Value};
@@ -15,7 +17,6 @@ use sidestream_proto::push::v1::push_client::PushClient;
 use sidestream_proto::push::v1::{
     subscribe_event, PublishRequest, SubscribeEvent, SubscribeRequest, TopicPosition,
 };
-use sidestream_push::daemon::{self, DaemonConfig, RunningDaemon};
 use sidestream_push::server;
 use sidestream_push::topics::TopicRegistry;
 use sidestream_push::{AppState, BrokerSpec, Settings};
@@ -23,25 +24,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The daemon as the binary runs it, on ports 0 (stopped when dropped).
-struct Server {
-    http: String,
-    grpc: String,
-    state: Arc<AppState>,
-    _daemon: RunningDaemon,
-}
-
-async fn start(settings: Settings, topics: Vec<TopicSettings>) -> Server {
-    let config = DaemonConfig::loopback(settings, TopicRegistry::new(topics, true));
-    let daemon = daemon::start_with(config).await.unwrap();
-    Server {
-        http: format!("http://{}", daemon.http_addr),
-        grpc: format!("http://{}", daemon.grpc_addr),
-        state: daemon.state.clone(),
-        _daemon: daemon,
-    }
-}
 
 fn topic(name: &str, edit: impl FnOnce(&mut TopicSettings)) -> TopicSettings {
     let mut settings = TopicSettings::defaults(name);

@@ -10,10 +10,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Server;
 use eventsource_stream::{Event as SseEvent, Eventsource};
 use futures::{SinkExt, Stream, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -23,23 +26,13 @@ use sidestream_proto::push::v1::push_client::PushClient;
 use sidestream_proto::push::v1::{
     subscribe_event, SubscribeEvent, SubscribeRequest, TopicPosition,
 };
-use sidestream_push::daemon::{self, DaemonConfig, RunningDaemon};
-use sidestream_push::topics::TopicRegistry;
-use sidestream_push::{AppState, Settings};
+use sidestream_push::Settings;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const SECRET: &str = "session-token-test-secret";
 const TOPIC: &str = "account.alice";
 /// Longest wait for one event (a token's end is its `exp` plus 5 s of leeway).
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The daemon as the binary runs it, on ports 0 (stopped when dropped).
-struct Server {
-    http: String,
-    grpc: String,
-    state: Arc<AppState>,
-    _daemon: RunningDaemon,
-}
 
 fn token_topic(name: &str) -> TopicSettings {
     let mut settings = TopicSettings::defaults(name);
@@ -54,15 +47,7 @@ async fn start() -> Server {
         heartbeat: Duration::from_secs(1),
         ..Settings::default()
     };
-    let config =
-        DaemonConfig::loopback(settings, TopicRegistry::new(vec![token_topic(TOPIC)], true));
-    let daemon = daemon::start_with(config).await.unwrap();
-    Server {
-        http: format!("http://{}", daemon.http_addr),
-        grpc: format!("http://{}", daemon.grpc_addr),
-        state: daemon.state.clone(),
-        _daemon: daemon,
-    }
+    common::start(settings, vec![token_topic(TOPIC)]).await
 }
 
 fn unix_now() -> u64 {
