@@ -352,6 +352,7 @@ impl RunningDaemon {
         } else {
             tracing::info!("Every stream drained");
         }
+        self.state.hub.stop_connections();
         self.shutdown.trigger();
         let servers = std::mem::take(&mut self.servers);
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
@@ -366,6 +367,7 @@ impl RunningDaemon {
 
 impl Drop for RunningDaemon {
     fn drop(&mut self) {
+        self.state.hub.stop_connections();
         self.shutdown.trigger();
         if let Some(follow) = self.follow.take() {
             follow.abort();

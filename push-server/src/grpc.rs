@@ -107,6 +107,7 @@ impl Push for PushService {
         let control = Arc::new(ConnectionControl::default());
         let mut subscription =
             Subscription::open(&self.state, Transport::Grpc, Some(control.clone()))?;
+        subscription.reserve_topics(topics.len());
         drop(_entered);
         for (position, (from, grant)) in topics.iter().zip(positions) {
             subscription.add_held(&position.topic, from, grant).await?;

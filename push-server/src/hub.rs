@@ -8,6 +8,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::task::Context;
+
+use futures::task::AtomicWaker;
 
 use tokio::sync::{mpsc, Notify, OnceCell};
 
@@ -27,11 +30,19 @@ pub enum Delivery {
 /// stream must end but its client does not read; for a directly served SSE
 /// connection under `--fanout-io uring`, also its [`Link`] to the io_uring
 /// writer.
+///
+/// Two ways to wait on it: [`ConnectionControl::wait_until`] (a future, any
+/// number of waiters), and, for the one task that serves a directly served
+/// SSE connection, [`ConnectionControl::register`] from inside its own poll,
+/// which costs the idle task no waiter of its own.
 #[derive(Debug, Default)]
 pub struct ConnectionControl {
-    /// Notified when the connection is cut or its link changes hands.
+    /// Notified when the connection is cut or stopped or its link changes hands.
     changed: Notify,
+    /// The serving task, woken on the same changes.
+    task: AtomicWaker,
     was_cut: AtomicBool,
+    stopped: AtomicBool,
     link: Option<Box<Link>>,
 }
 
@@ -48,8 +59,26 @@ impl ConnectionControl {
     /// Asks the server to close the connection (after a short grace to write a goodbye).
     pub fn cut(&self) {
         if !self.was_cut.swap(true, Ordering::AcqRel) {
-            self.changed.notify_waiters();
+            self.changed();
         }
+    }
+
+    /// Whether [`ConnectionControl::cut`] was called.
+    pub fn was_cut(&self) -> bool {
+        self.was_cut.load(Ordering::Acquire)
+    }
+
+    /// The server stops: a directly served SSE connection closes at once
+    /// (the other transports follow the server's own shutdown).
+    pub fn stop(&self) {
+        if !self.stopped.swap(true, Ordering::AcqRel) {
+            self.changed();
+        }
+    }
+
+    /// Whether [`ConnectionControl::stop`] was called.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// Resolves once [`ConnectionControl::cut`] was called.
@@ -63,9 +92,18 @@ impl ConnectionControl {
         self.link.as_deref()
     }
 
-    /// Wakes whoever waits on the connection (its link changed hands).
+    /// Wakes whoever waits on the connection (it was cut or stopped, or its
+    /// link changed hands).
     pub fn changed(&self) {
         self.changed.notify_waiters();
+        self.task.wake();
+    }
+
+    /// Has the serving task woken at the next change. Register, then check
+    /// the state, so no change falls in between; only the last task
+    /// registered is woken.
+    pub fn register(&self, cx: &Context<'_>) {
+        self.task.register(cx.waker());
     }
 
     /// Resolves once `done` holds, checked on every change.
@@ -196,6 +234,8 @@ pub struct Hub {
     streams: Mutex<Slots>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
+    /// Set by [`Hub::stop_connections`].
+    stopping: AtomicBool,
     /// The io_uring fan-out writer, when it runs (`--fanout-io`).
     writer: OnceLock<Writer>,
 }
@@ -207,6 +247,7 @@ impl Hub {
             streams: Mutex::new(Slots::default()),
             metrics,
             draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             writer: OnceLock::new(),
         }
     }
@@ -242,6 +283,13 @@ impl Hub {
             connection,
         });
         let slot = lock(&self.streams).insert(handle.clone());
+        // Registered first, checked after: a stop between the two is seen by
+        // one side or the other.
+        if self.stopping.load(Ordering::SeqCst) {
+            if let Some(connection) = &handle.connection {
+                connection.stop();
+            }
+        }
         self.metrics.stream_opened(transport);
         if self.draining.load(Ordering::Acquire) {
             let _ = handle.tx.try_send(Delivery::Drain);
@@ -390,6 +438,18 @@ impl Hub {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// The server stops: every stream's connection is stopped (see
+    /// [`ConnectionControl::stop`]), and so is any opened from now on.
+    pub fn stop_connections(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let streams = lock(&self.streams);
+        for handle in streams.slots.iter().flatten() {
+            if let Some(connection) = &handle.connection {
+                connection.stop();
+            }
+        }
+    }
+
     /// Open streams.
     pub fn stream_count(&self) -> usize {
         lock(&self.streams).count
@@ -513,5 +573,49 @@ mod tests {
         assert!(handle.overflowed());
         // What was refused is not counted as queued.
         assert_eq!(handle.queued_bytes(), 2);
+    }
+
+    #[test]
+    fn a_stop_reaches_open_streams_and_streams_opened_after_it() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let before = Arc::new(ConnectionControl::default());
+        let _open = hub.open_stream(Transport::Sse, 4, 1024, Some(before.clone()));
+        let without = hub.open_stream(Transport::Grpc, 4, 1024, None);
+        hub.stop_connections();
+        assert!(before.stopped());
+        assert!(!before.was_cut(), "a stop is not a cut (no grace)");
+        let after = Arc::new(ConnectionControl::default());
+        let _late = hub.open_stream(Transport::Sse, 4, 1024, Some(after.clone()));
+        assert!(after.stopped());
+        drop(without);
+    }
+
+    #[test]
+    fn a_registered_task_is_woken_by_a_cut_a_stop_and_a_hand_over() {
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let cx = Context::from_waker(&waker);
+        let control = ConnectionControl::default();
+        control.register(&cx);
+        control.cut();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // A second cut changes nothing and wakes no one.
+        control.register(&cx);
+        control.cut();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        control.stop();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        control.register(&cx);
+        control.changed();
+        assert_eq!(count.0.load(Ordering::SeqCst), 3);
+        // Woken once per registration.
+        control.changed();
+        assert_eq!(count.0.load(Ordering::SeqCst), 3);
     }
 }

@@ -136,8 +136,10 @@ async fn serve_connection(
     state.metrics.connection_detected(detection.label());
     match detection {
         Detection::DirectSse(stream, request) => {
-            // Boxed: an idle subscriber's task then holds only what its stream needs.
-            Box::pin(direct_sse::serve(stream, request, state, shutdown)).await;
+            // A task of its own: an idle subscriber then holds only what its
+            // stream needs, not this task (stopped through the hub, see
+            // `Hub::stop_connections`).
+            tokio::spawn(direct_sse::serve(stream, request, state));
         }
         Detection::Hyper(stream, protocol) => {
             let (stream, request_seen) =

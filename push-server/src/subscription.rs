@@ -216,6 +216,13 @@ impl Subscription {
         self.handle.transport
     }
 
+    /// Room for `topics` more topics, exactly: the stream keeps its cursors
+    /// for its whole life, so a stream that knows its topics up front (SSE,
+    /// gRPC) holds no spare ones.
+    pub fn reserve_topics(&mut self, topics: usize) {
+        self.cursors.reserve_exact(topics);
+    }
+
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
     }
@@ -295,6 +302,11 @@ impl Subscription {
         if matches!(event, Event::Message { .. }) {
             self.held -= 1;
             self.state.metrics.replay_held(-1);
+        }
+        if self.pending.is_empty() {
+            // Pending events come at the start and in replay pages; a live
+            // stream (most of its life) keeps no buffer for them.
+            self.pending = VecDeque::new();
         }
         Some(event)
     }

@@ -172,6 +172,7 @@ async fn subscribe(
         None => None,
     };
     let mut subscription = Subscription::open(state, Transport::Sse, connection)?;
+    subscription.reserve_topics(topics.len());
     for (i, (topic, grant)) in topics.iter().zip(grants).enumerate() {
         subscription
             .add_held(topic, positions.as_ref().map(|p| p[i]), grant)

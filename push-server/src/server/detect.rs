@@ -38,7 +38,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// What a new connection turned out to be.
 pub enum Detection {
     /// A `GET /v1/events` over HTTP/1.1, served on the socket; its head has been consumed.
-    DirectSse(TcpStream, SseRequest),
+    DirectSse(TcpStream, Box<SseRequest>),
     /// Anything else HTTP: hyper serves it, reading the bytes already taken first.
     Hyper(Rewind, HyperProtocol),
     /// A head refused here (answered 400: a missing or repeated `Host`).
@@ -101,7 +101,7 @@ pub async fn detect(
             Ok(Err(_)) => return Detection::Closed,
         }
         match direct_sse::classify(&buf[..filled]) {
-            Head::Ours(request) => return Detection::DirectSse(stream, request),
+            Head::Ours(request) => return Detection::DirectSse(stream, Box::new(request)),
             Head::Refused(error) => {
                 answer(&mut stream, error, write_deadline).await;
                 return Detection::BadRequest;

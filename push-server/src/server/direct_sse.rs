@@ -18,11 +18,12 @@
 //! counted in `sidestream_push_write_deadline_disconnects_total`) and resumes
 //! with the `Last-Event-ID` of the last event it read whole.
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::io::IoSlice;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -32,8 +33,8 @@ use futures::FutureExt;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
-use super::Shutdown;
 use crate::error::PushError;
 use crate::http::sse::{self, SseBody};
 use crate::http::QueryParams;
@@ -55,6 +56,8 @@ const MAX_BATCH_FRAMES: usize = 64;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// How long a cut connection may still write.
 const CUT_GRACE: Duration = Duration::from_secs(2);
+/// Reads of a client's stray bytes per poll before other tasks get a turn.
+const CLIENT_READS_PER_POLL: usize = 16;
 
 const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\naccess-control-allow-origin: *\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n";
 
@@ -139,115 +142,212 @@ fn parse(request: &httparse::Request<'_, '_>) -> Head {
 }
 
 /// Serves one SSE request on `stream` until the stream ends, the client
-/// leaves, the subscriber is cut or the server shuts down.
-pub async fn serve(
-    mut stream: TcpStream,
-    request: SseRequest,
-    state: Arc<AppState>,
-    shutdown: Shutdown,
-) {
+/// leaves, the subscriber is cut or the server stops. Spawned as a task of
+/// its own, so an idle subscriber's task holds its stream's state and little
+/// more: the one-time open is boxed and freed, and the idle wait is polled in
+/// place, on the socket's readiness and the connection's control, with no
+/// waiter of its own.
+pub async fn serve(mut stream: TcpStream, request: Box<SseRequest>, state: Arc<AppState>) {
     let link = state
         .hub
         .writes_through_uring()
         .then(|| Link::new(stream.as_raw_fd()));
     let control = Arc::new(ConnectionControl::with_link(link));
-    serve_events(&mut stream, request, &state, &control, shutdown).await;
+    // The body lives here, once: what streams it borrows it (an async
+    // function stores a by-value argument twice), and every write below is
+    // boxed while it lasts, so an idle connection's task is no bigger than
+    // its wait.
+    let mut opened = Box::pin(open(&mut stream, request, &state, &control)).await;
+    if let Some(body) = opened.as_mut() {
+        stream_events(&mut stream, body, &control).await;
+    }
     if let Some(link) = control.link() {
         // No send of the io_uring writer may refer to the socket once closed.
-        control.wait_until(|| link.close().is_some()).await;
+        until(&control, || link.close()).await;
     }
 }
 
-async fn serve_events(
+/// Subscribes and writes the response head: the body to stream, or `None`
+/// when the request was refused (its error response written) or the head
+/// could not be written.
+async fn open(
     stream: &mut TcpStream,
-    request: SseRequest,
+    request: Box<SseRequest>,
     state: &Arc<AppState>,
     control: &Arc<ConnectionControl>,
-    shutdown: Shutdown,
-) {
+) -> Option<SseBody> {
     let write_deadline = state.settings.write_deadline;
-    // Boxed one-time phases keep the long-lived task small.
-    let opened = Box::pin(sse::open(
+    let opened = sse::open(
         state,
         Some(control.clone()),
         &request.query,
         &request.headers,
-    ))
+    )
     .await;
     drop(request);
-    let mut body = match opened {
+    let body = match opened {
         Ok(body) => body,
         Err(error) => {
-            let _ =
-                tokio::time::timeout(write_deadline, Box::pin(write_error(stream, error))).await;
-            return;
+            let _ = tokio::time::timeout(write_deadline, write_error(stream, error)).await;
+            return None;
         }
     };
     let head = tokio::time::timeout(write_deadline, stream.write_all(RESPONSE_HEAD)).await;
-    if !matches!(head, Ok(Ok(()))) {
-        return;
-    }
-    let cut = async {
-        control.cut_requested().await;
-        tokio::time::sleep(CUT_GRACE).await;
-    };
-    tokio::pin!(cut);
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
+    matches!(head, Ok(Ok(()))).then_some(body)
+}
+
+/// What the idle wait found.
+enum Next {
+    /// A frame to write.
+    Frame(Bytes),
+    /// The stream ended (drain, slow consumer): finish the response.
+    Finished,
+    /// Only the stream's next live message can come, at this position's
+    /// successor: park the connection on the io_uring writer.
+    Park(MessageId),
+    /// Close now: the client left, the server stops, or the connection was
+    /// cut and its grace ran out.
+    Close,
+}
+
+/// The grace timer of a cut connection, started when the cut is seen.
+type Grace = Option<Pin<Box<Sleep>>>;
+
+async fn stream_events(stream: &mut TcpStream, body: &mut SseBody, control: &ConnectionControl) {
+    let write_deadline = body.state().settings.write_deadline;
+    let mut grace: Grace = None;
     loop {
-        let mut ready = None;
-        if let Some(link) = control.link() {
-            // Polled once with this task's waker, so a delivery queued from
-            // now on wakes it, parked or not.
-            ready = poll_now(&mut body).await;
-            if ready.is_none() {
-                if let Some(position) = body.idle_live() {
-                    // Boxed: the parked phase does not grow every connection's task.
-                    let parked = Box::pin(park(
-                        link, control, &mut body, position, stream, &mut cut, &mut stop,
-                    ));
-                    if !parked.await {
+        let next = std::future::poll_fn(|cx| {
+            if poll_ended(cx, control, &mut grace).is_ready()
+                || poll_client_gone(cx, stream).is_ready()
+            {
+                return Poll::Ready(Next::Close);
+            }
+            match http_body::Body::poll_frame(Pin::new(&mut *body), cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    Poll::Ready(Next::Frame(frame.into_data().unwrap_or_default()))
+                }
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(Next::Finished),
+                // Polled with this task's waker first, so a delivery queued
+                // from now on wakes it, parked or not.
+                Poll::Pending => match control.link().and(body.idle_live()) {
+                    Some(position) => Poll::Ready(Next::Park(position)),
+                    None => Poll::Pending,
+                },
+            }
+        })
+        .await;
+        let first = match next {
+            Next::Frame(frame) => frame,
+            Next::Park(position) => {
+                if let Some(link) = control.link() {
+                    if !park(link, control, body, position, stream, &mut grace).await {
                         return;
                     }
-                    continue;
                 }
+                continue;
             }
-        }
-        let first = match ready {
-            Some(frame) => frame,
-            None => tokio::select! {
-                frame = body.frame() => frame,
-                () = client_gone(stream) => return,
-                () = &mut cut => return,
-                () = &mut stop => return,
-            },
-        };
-        let Some(Ok(first)) = first else {
-            // The stream ended (drain, slow consumer): finish the response.
-            let _ = tokio::time::timeout(CUT_GRACE, stream.write_all(b"0\r\n\r\n")).await;
-            let _ = tokio::time::timeout(CUT_GRACE, stream.shutdown()).await;
-            return;
+            Next::Finished => {
+                Box::pin(finish(stream)).await;
+                return;
+            }
+            Next::Close => return,
         };
         let mut frames: Vec<Bytes> = Vec::with_capacity(4);
         let mut ended = false;
-        push_frame(&mut frames, first);
-        gather(&mut body, &mut frames, &mut ended);
-        let written = tokio::select! {
-            written = tokio::time::timeout(write_deadline, write_chunk(stream, &frames, ended)) => written,
-            () = &mut cut => return,
-            () = &mut stop => return,
+        if !first.is_empty() {
+            frames.push(first);
+        }
+        gather(body, &mut frames, &mut ended);
+        let write = Box::pin(tokio::time::timeout(
+            write_deadline,
+            write_chunk(stream, &frames, ended),
+        ));
+        let Some(written) = unless_ended(control, &mut grace, write).await else {
+            return;
         };
         let Ok(written) = written else {
-            write_deadline_cut(state);
+            write_deadline_cut(body.state());
             return;
         };
         if written.is_err() || ended {
             if ended {
-                let _ = tokio::time::timeout(CUT_GRACE, stream.shutdown()).await;
+                let _ = Box::pin(tokio::time::timeout(CUT_GRACE, stream.shutdown())).await;
             }
             return;
         }
     }
+}
+
+/// Ready when the connection is to close: the server stops, or the
+/// connection was cut and its grace (to write a goodbye) ran out.
+fn poll_ended(cx: &mut Context<'_>, control: &ConnectionControl, grace: &mut Grace) -> Poll<()> {
+    control.register(cx);
+    if control.stopped() {
+        return Poll::Ready(());
+    }
+    if !control.was_cut() {
+        return Poll::Pending;
+    }
+    grace
+        .get_or_insert_with(|| Box::pin(tokio::time::sleep(CUT_GRACE)))
+        .as_mut()
+        .poll(cx)
+}
+
+/// Ready when the client closed its side (or the socket failed). What it
+/// sends is read and dropped: the response says `connection: close`.
+fn poll_client_gone(cx: &mut Context<'_>, stream: &TcpStream) -> Poll<()> {
+    for _ in 0..CLIENT_READS_PER_POLL {
+        match stream.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut scratch = [0u8; 256];
+        match stream.try_read(&mut scratch) {
+            Ok(0) => return Poll::Ready(()),
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Poll::Ready(()),
+        }
+    }
+    // A client that keeps sending: let other tasks run, then read on.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+/// Ends the response (its last chunk) and the connection's write side.
+async fn finish(stream: &mut TcpStream) {
+    let _ = tokio::time::timeout(CUT_GRACE, stream.write_all(b"0\r\n\r\n")).await;
+    let _ = tokio::time::timeout(CUT_GRACE, stream.shutdown()).await;
+}
+
+/// `work`'s output, or `None` if the connection is to close first (see
+/// [`poll_ended`]). `work` comes boxed: it is a write, and a connection's
+/// task need not be big enough to hold one while it waits.
+async fn unless_ended<F: Future>(
+    control: &ConnectionControl,
+    grace: &mut Grace,
+    mut work: Pin<Box<F>>,
+) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        if poll_ended(cx, control, grace).is_ready() {
+            return Poll::Ready(None);
+        }
+        work.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
+
+/// `ask`'s first answer, asked again at every change of the connection.
+async fn until<T>(control: &ConnectionControl, mut ask: impl FnMut() -> Option<T>) -> T {
+    std::future::poll_fn(|cx| {
+        control.register(cx);
+        ask().map_or(Poll::Pending, Poll::Ready)
+    })
+    .await
 }
 
 /// The client does not read (or its network stalled): cut. Its last whole
@@ -262,21 +362,6 @@ fn write_deadline_cut(state: &AppState) {
     );
 }
 
-/// The body's next frame if it is ready now (polled with this task's waker).
-async fn poll_now(
-    body: &mut SseBody,
-) -> Option<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-    std::future::poll_fn(|cx| {
-        Poll::Ready(
-            match http_body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx) {
-                Poll::Ready(frame) => Some(frame),
-                Poll::Pending => None,
-            },
-        )
-    })
-    .await
-}
-
 /// Parks the idle connection on the io_uring writer (its next message is
 /// written there) until something else is to be written — a queued
 /// delivery, a heartbeat, the writer handing the connection back — then
@@ -289,8 +374,7 @@ async fn park(
     body: &mut SseBody,
     position: MessageId,
     stream: &mut TcpStream,
-    cut: &mut (impl std::future::Future<Output = ()> + Unpin),
-    stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+    grace: &mut Grace,
 ) -> bool {
     let next = MessageId {
         epoch: position.epoch,
@@ -301,63 +385,45 @@ async fn park(
     }
     // A delivery queued before the link was parked is written by the task.
     if body.queued() == 0 {
-        let wake = std::future::poll_fn(|cx| {
-            if body.queued() > 0 {
-                return Poll::Ready(());
+        let open = std::future::poll_fn(|cx| {
+            if poll_ended(cx, control, grace).is_ready() || poll_client_gone(cx, stream).is_ready()
+            {
+                return Poll::Ready(false);
             }
-            body.poll_heartbeat(cx)
-        });
-        let open = tokio::select! {
-            () = wake => true,
-            () = control.wait_until(|| link.is_task()) => true,
-            () = client_gone(stream) => false,
-            () = &mut *cut => false,
-            () = &mut *stop => false,
-        };
+            // The writer's hand-back wakes this task (registered above); a
+            // delivery queued wakes it through the body's last poll.
+            if link.is_task() || body.queued() > 0 {
+                return Poll::Ready(true);
+            }
+            body.poll_heartbeat(cx).map(|()| true)
+        })
+        .await;
         if !open {
             // What the writer sent while parked still counts for the stream
             // (its span's deliveries) before the stream ends.
-            let mut closed = None;
-            control
-                .wait_until(|| {
-                    closed = link.close();
-                    closed.is_some()
-                })
-                .await;
-            if let Some(last) = closed {
-                body.delivered_directly(last);
-            }
+            let last = until(control, || link.close()).await;
+            body.delivered_directly(last);
             return false;
         }
     }
-    let mut returned = None;
-    control
-        .wait_until(|| {
-            returned = link.take_back();
-            returned.is_some()
-        })
-        .await;
-    let Some(returned) = returned else {
-        return false;
-    };
+    let returned = until(control, || link.take_back()).await;
     body.delivered_directly(returned.last);
     let Some(rest) = returned.rest else {
         return true;
     };
     let state = body.state().clone();
-    let written = tokio::select! {
-        written = tokio::time::timeout(state.settings.write_deadline, stream.write_all(&rest.bytes)) => written,
-        () = &mut *cut => return false,
-        () = &mut *stop => return false,
-    };
-    match written {
-        Ok(Ok(())) => {
+    let write = Box::pin(tokio::time::timeout(
+        state.settings.write_deadline,
+        stream.write_all(&rest.bytes),
+    ));
+    match unless_ended(control, grace, write).await {
+        Some(Ok(Ok(()))) => {
             let frame_len = rest.message.sse_frame(body.names()).len();
             state.delivered(Transport::Sse, &rest.message, frame_len, 0);
             true
         }
-        Ok(Err(_)) => false,
-        Err(_) => {
+        Some(Ok(Err(_))) | None => false,
+        Some(Err(_)) => {
             write_deadline_cut(&state);
             false
         }
@@ -438,25 +504,6 @@ fn chunk_header(len: usize, buf: &mut [u8; 20]) -> &[u8] {
     &buf[..count + 2]
 }
 
-/// Resolves when the client closed its side (or the socket failed).
-async fn client_gone(stream: &TcpStream) {
-    loop {
-        if stream.readable().await.is_err() {
-            return;
-        }
-        let read = {
-            let mut scratch = [0u8; 64];
-            stream.try_read(&mut scratch)
-        };
-        match read {
-            Ok(0) => return,
-            Ok(_) => {} // pipelined bytes: ignored, the response closes the connection
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-    }
-}
-
 /// Writes `error`'s response and closes the connection's write side.
 pub(super) async fn write_error(stream: &mut TcpStream, error: PushError) -> std::io::Result<()> {
     stream.write_all(&response_bytes(error)).await?;
@@ -494,6 +541,39 @@ pub(super) fn response_bytes(error: PushError) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Most bytes an idle subscriber's task may hold (its future; tokio's
+    /// task adds about 160 and rounds up to a multiple of 128). Every
+    /// connection pays it: at `75126d4` the future was 2,160 bytes, boxed
+    /// inside a second task of 512.
+    const TASK_BUDGET: usize = 896;
+
+    #[tokio::test]
+    async fn an_idle_subscriber_task_stays_small() {
+        let state = crate::state::AppState::new(
+            crate::Settings::default(),
+            crate::topics::TopicRegistry::new(Vec::new(), true),
+            &crate::BrokerSpec::Memory,
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let Head::Ours(request) = classify(b"GET /v1/events?topic=a HTTP/1.1\r\nhost: x\r\n\r\n")
+        else {
+            panic!("a plain SSE request is served directly");
+        };
+        let task = serve(stream, Box::new(request), state);
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size <= TASK_BUDGET,
+            "the task of a directly served SSE connection is {size} bytes (budget {TASK_BUDGET}): \
+             box what only a write or the open needs, and pass big values by reference"
+        );
+    }
 
     #[test]
     fn heads_are_classified() {
