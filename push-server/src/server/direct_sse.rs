@@ -30,7 +30,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use futures::FutureExt;
-use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -198,8 +197,9 @@ async fn open(
 
 /// What the idle wait found.
 enum Next {
-    /// A frame to write.
-    Frame(Bytes),
+    /// Frames to write as one chunk (none when only empty frames came), and
+    /// whether the stream ended after them.
+    Frames(Vec<Bytes>, bool),
     /// The stream ended (drain, slow consumer): finish the response.
     Finished,
     /// Only the stream's next live message can come, at this position's
@@ -225,7 +225,10 @@ async fn stream_events(stream: &mut TcpStream, body: &mut SseBody, control: &Con
             }
             match http_body::Body::poll_frame(Pin::new(&mut *body), cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    Poll::Ready(Next::Frame(frame.into_data().unwrap_or_default()))
+                    let mut frames = Vec::with_capacity(4);
+                    push_frame(&mut frames, frame);
+                    let ended = gather(cx, body, &mut frames);
+                    Poll::Ready(Next::Frames(frames, ended))
                 }
                 Poll::Ready(Some(Err(never))) => match never {},
                 Poll::Ready(None) => Poll::Ready(Next::Finished),
@@ -238,8 +241,8 @@ async fn stream_events(stream: &mut TcpStream, body: &mut SseBody, control: &Con
             }
         })
         .await;
-        let first = match next {
-            Next::Frame(frame) => frame,
+        let (frames, ended) = match next {
+            Next::Frames(frames, ended) => (frames, ended),
             Next::Park(position) => {
                 if let Some(link) = control.link() {
                     if !park(link, control, body, position, stream, &mut grace).await {
@@ -254,12 +257,6 @@ async fn stream_events(stream: &mut TcpStream, body: &mut SseBody, control: &Con
             }
             Next::Close => return,
         };
-        let mut frames: Vec<Bytes> = Vec::with_capacity(4);
-        let mut ended = false;
-        if !first.is_empty() {
-            frames.push(first);
-        }
-        gather(body, &mut frames, &mut ended);
         let write = Box::pin(tokio::time::timeout(
             write_deadline,
             write_chunk(stream, &frames, ended),
@@ -438,23 +435,23 @@ fn push_frame(frames: &mut Vec<Bytes>, frame: http_body::Frame<Bytes>) {
     }
 }
 
-/// Adds the frames that are ready now, up to the batch limits.
-fn gather(body: &mut SseBody, frames: &mut Vec<Bytes>, ended: &mut bool) {
+/// Adds the frames that are ready now, up to the batch limits; true when
+/// the stream ended. Polled with the task's own waker, which the body's
+/// queue and timers already hold, so none is swapped.
+fn gather(cx: &mut Context<'_>, body: &mut SseBody, frames: &mut Vec<Bytes>) -> bool {
     let mut bytes: usize = frames.iter().map(Bytes::len).sum();
     while frames.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
-        match body.frame().now_or_never() {
-            Some(Some(Ok(frame))) => {
+        match http_body::Body::poll_frame(Pin::new(&mut *body), cx) {
+            Poll::Ready(Some(Ok(frame))) => {
                 push_frame(frames, frame);
                 bytes += frames.last().map_or(0, Bytes::len);
             }
-            Some(None) => {
-                *ended = true;
-                return;
-            }
-            Some(Some(Err(never))) => match never {},
-            None => return,
+            Poll::Ready(None) => return true,
+            Poll::Ready(Some(Err(never))) => match never {},
+            Poll::Pending => return false,
         }
     }
+    false
 }
 
 /// Writes `frames` as one HTTP chunk (and the last chunk when `end`).
