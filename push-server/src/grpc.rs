@@ -15,7 +15,7 @@ use sidestream_proto::push::v1::{
     SubscribeEvent, SubscribeRequest, Subscribed,
 };
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Interval;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -112,16 +112,9 @@ impl Push for PushService {
         for (position, (from, grant)) in topics.iter().zip(positions) {
             subscription.add_held(&position.topic, from, grant).await?;
         }
-        let heartbeat = self
-            .state
-            .settings
-            .heartbeat
-            .max(std::time::Duration::from_millis(10));
-        let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let stream = GrpcStream {
             subscription,
-            heartbeat: ticks,
+            heartbeat: crate::heartbeat::ticks(self.state.settings.heartbeat),
             done: false,
         };
         Ok(Response::new(Box::pin(forward(stream, control, span))))

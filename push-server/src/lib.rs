@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod error;
 pub mod event_id;
 pub mod grpc;
+pub mod heartbeat;
 pub mod http;
 pub mod hub;
 pub mod message;

@@ -29,7 +29,7 @@ use axum::response::Response;
 use axum::Extension;
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Interval;
 use tracing::Instrument;
 
 use super::{header, request_span, token, QueryParams};
@@ -203,13 +203,10 @@ impl SseBody {
         heartbeat: Duration,
         retry_ms: u64,
     ) -> SseBody {
-        let heartbeat = heartbeat.max(Duration::from_millis(10));
-        let mut interval = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         SseBody {
             subscription,
             names,
-            heartbeat: interval,
+            heartbeat: crate::heartbeat::ticks(heartbeat),
             next: None,
             start: Some(Bytes::from(format!("retry: {retry_ms}\n\n"))),
             done: false,

@@ -34,7 +34,6 @@ use axum::response::Response;
 use axum::Extension;
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::{request_span, token, QueryParams};
@@ -123,9 +122,7 @@ async fn run(
     mut token: Option<String>,
     heartbeat: std::time::Duration,
 ) {
-    let heartbeat = heartbeat.max(std::time::Duration::from_millis(10));
-    let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticks = crate::heartbeat::ticks(heartbeat);
     loop {
         tokio::select! {
             event = subscription.next_event() => {
