@@ -286,6 +286,12 @@ impl Link {
         }
     }
 
+    /// The last message handed to the connection (by the task before it
+    /// parked, or by the writer since).
+    pub fn last(&self) -> MessageId {
+        self.lock().last()
+    }
+
     /// Whether the task writes (the writer gave the connection back).
     pub fn is_task(&self) -> bool {
         self.lock().mode == Mode::Task

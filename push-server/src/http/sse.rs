@@ -194,6 +194,9 @@ pub struct SseBody {
     /// A heartbeat tick was taken while the connection was parked (see
     /// [`SseBody::poll_heartbeat`]); the next frame is the heartbeat.
     heartbeat_due: bool,
+    /// Something other than a heartbeat was written since the last tick:
+    /// the connection is visibly alive, and the tick passes silently.
+    active: bool,
 }
 
 impl SseBody {
@@ -211,6 +214,7 @@ impl SseBody {
             start: Some(Bytes::from(format!("retry: {retry_ms}\n\n"))),
             done: false,
             heartbeat_due: false,
+            active: false,
         }
     }
 
@@ -238,11 +242,25 @@ impl SseBody {
         self.subscription.queued()
     }
 
-    /// Ready when a heartbeat is due (the next frame is then the heartbeat).
-    pub(crate) fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.heartbeat_due || self.heartbeat.poll_tick(cx).is_ready() {
-            self.heartbeat_due = true;
+    /// Ready when a heartbeat is due (the next frame is then the heartbeat):
+    /// at a tick that ends a whole period in which nothing else was written,
+    /// by this body or, as `written` says when asked, by the io_uring writer
+    /// since it was last asked. A busy stream gets no heartbeats, and no
+    /// silence lasts longer than two periods.
+    pub(crate) fn poll_heartbeat(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut written: impl FnMut() -> bool,
+    ) -> Poll<()> {
+        if self.heartbeat_due {
             return Poll::Ready(());
+        }
+        while self.heartbeat.poll_tick(cx).is_ready() {
+            let active = std::mem::take(&mut self.active) | written();
+            if !active {
+                self.heartbeat_due = true;
+                return Poll::Ready(());
+            }
         }
         Poll::Pending
     }
@@ -280,6 +298,7 @@ impl SseBody {
     }
 
     fn frame(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.active = true;
         Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 }
@@ -379,14 +398,13 @@ impl http_body::Body for SseBody {
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
-                    if std::mem::take(&mut this.heartbeat_due)
-                        || this.heartbeat.poll_tick(cx).is_ready()
-                    {
+                    if this.poll_heartbeat(cx, || false).is_ready() {
+                        this.heartbeat_due = false;
                         this.subscription
                             .state()
                             .metrics
                             .control_bytes(Transport::Sse, HEARTBEAT.len());
-                        return this.frame(Bytes::from_static(HEARTBEAT));
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
                     }
                     return Poll::Pending;
                 }
@@ -396,5 +414,74 @@ impl http_body::Body for SseBody {
 
     fn is_end_stream(&self) -> bool {
         self.done && self.next.is_none() && self.start.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Draft;
+    use crate::topics::TopicRegistry;
+    use crate::{BrokerSpec, Settings};
+    use http_body::Body as _;
+    use tokio::time::Instant;
+
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    async fn publish(state: &AppState) {
+        let draft = Draft {
+            data: Bytes::from_static(b"m"),
+            event: None,
+            idempotency_key: None,
+            traceparent: None,
+        };
+        crate::publish::publish(state, "t", None, draft)
+            .await
+            .unwrap();
+    }
+
+    async fn next(body: &mut SseBody) -> Bytes {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
+        frame.unwrap().unwrap().into_data().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_stream_gets_no_heartbeat_and_a_quiet_one_does() {
+        let state = AppState::new(
+            Settings {
+                heartbeat: PERIOD,
+                ..Settings::default()
+            },
+            TopicRegistry::new(Vec::new(), true),
+            &BrokerSpec::Memory,
+        )
+        .await
+        .unwrap();
+        let mut subscription = Subscription::open(&state, Transport::Sse, None).unwrap();
+        subscription.add_held("t", None, None).await.unwrap();
+        let mut body = SseBody::new(subscription, SseEventNames::Published, PERIOD, 1000);
+        assert_eq!(next(&mut body).await, "retry: 1000\n\n");
+        // A message every 4 s for a minute: six periods, no heartbeat.
+        let publisher = tokio::spawn({
+            let state = state.clone();
+            async move {
+                for _ in 0..15 {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    publish(&state).await;
+                }
+            }
+        });
+        for _ in 0..15 {
+            let frame = next(&mut body).await;
+            assert!(frame.starts_with(b"id: "), "{frame:?}");
+        }
+        publisher.await.unwrap();
+        // Then quiet: a heartbeat within two periods, then one every period.
+        let quiet = Instant::now();
+        assert_eq!(next(&mut body).await, HEARTBEAT);
+        assert!(quiet.elapsed() <= 2 * PERIOD, "{:?}", quiet.elapsed());
+        let beat = Instant::now();
+        assert_eq!(next(&mut body).await, HEARTBEAT);
+        assert_eq!(beat.elapsed(), PERIOD);
     }
 }

@@ -382,6 +382,12 @@ async fn park(
     }
     // A delivery queued before the link was parked is written by the task.
     if body.queued() == 0 {
+        // What the writer wrote keeps the heartbeat away too.
+        let mut seen = position;
+        let mut written = || {
+            let last = link.last();
+            std::mem::replace(&mut seen, last) != last
+        };
         let open = std::future::poll_fn(|cx| {
             if poll_ended(cx, control, grace).is_ready() || poll_client_gone(cx, stream).is_ready()
             {
@@ -392,7 +398,7 @@ async fn park(
             if link.is_task() || body.queued() > 0 {
                 return Poll::Ready(true);
             }
-            body.poll_heartbeat(cx).map(|()| true)
+            body.poll_heartbeat(cx, &mut written).map(|()| true)
         })
         .await;
         if !open {
