@@ -1,11 +1,16 @@
 //! A stream's heartbeat ticks (SSE comment, WebSocket ping, gRPC
-//! heartbeat): every `--heartbeat`, the first at a random point in the
-//! second half of the period. Streams opened together (a reconnect storm, a
-//! deploy, a benchmark's subscribers) would otherwise beat together for the
-//! rest of their lives: thousands of writes, and on the io_uring path as
-//! many connections taken back from the writer, in the same few
-//! milliseconds, once per period. No gap between a stream's open or its
-//! previous heartbeat and the next is longer than the period.
+//! heartbeat): every `--heartbeat`, the first one period after the stream
+//! opened.
+//!
+//! The phase is not randomised. Tried: streams opened together (a reconnect
+//! storm, a benchmark's subscribers) then beat apart, but 10,000 timers
+//! spread over the period wake the runtime's threads some 700 times a
+//! second, and the server's CPU per delivery at 10,000 subscribers × 1
+//! message/s went up by a third (BENCHMARKS.md section 3). Firing together,
+//! they are handled in one pass of the timer wheel; and an SSE stream that
+//! was written to during the period writes nothing at its tick
+//! ([`crate::http::sse::SseBody::poll_heartbeat`]), so a busy storm's ticks
+//! cost a poll each.
 
 use std::time::Duration;
 
@@ -14,71 +19,31 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 /// The shortest period (a smaller `--heartbeat` is raised to it).
 const MIN_PERIOD: Duration = Duration::from_millis(10);
 
-/// Ticks every `period` (at least 10 ms), the first after [`first_beat`]
-/// with a random `unit`.
+/// Ticks every `period` (at least 10 ms), the first one period from now; a
+/// tick polled late is followed by the next a whole period later.
 pub fn ticks(period: Duration) -> Interval {
     let period = period.max(MIN_PERIOD);
-    let first = first_beat(period, rand::random::<f64>());
-    let mut ticks = tokio::time::interval_at(Instant::now() + first, period);
+    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks
-}
-
-/// When the first heartbeat is due after the stream opens: `unit` in
-/// `[0, 1]` picks a point from half the period to the whole of it.
-pub fn first_beat(period: Duration, unit: f64) -> Duration {
-    let unit = if unit.is_finite() {
-        unit.clamp(0.0, 1.0)
-    } else {
-        1.0
-    };
-    period.mul_f64(0.5 + 0.5 * unit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_first_beat_falls_in_the_second_half_of_the_period() {
-        let period = Duration::from_secs(15);
-        assert_eq!(first_beat(period, 0.0), Duration::from_millis(7_500));
-        assert_eq!(first_beat(period, 0.5), Duration::from_millis(11_250));
-        assert_eq!(first_beat(period, 1.0), period);
-        // Out of range or not a number: never past the period.
-        assert_eq!(first_beat(period, 7.0), period);
-        assert_eq!(first_beat(period, -1.0), Duration::from_millis(7_500));
-        assert_eq!(first_beat(period, f64::NAN), period);
-    }
-
     #[tokio::test(start_paused = true)]
-    async fn streams_opened_together_beat_apart_then_every_period() {
+    async fn the_first_beat_is_one_period_after_the_open_then_every_period() {
         let period = Duration::from_secs(15);
         let opened = Instant::now();
-        let streams: Vec<_> = (0..64)
-            .map(|_| {
-                tokio::spawn(async move {
-                    let mut beats = ticks(period);
-                    let first = beats.tick().await - opened;
-                    let second = beats.tick().await - opened;
-                    (first, second)
-                })
-            })
-            .collect();
-        let mut firsts = Vec::new();
-        for stream in streams {
-            let (first, second) = stream.await.unwrap();
-            assert!(first >= period / 2 && first <= period, "{first:?}");
-            assert_eq!(second - first, period);
-            firsts.push(first);
-        }
-        firsts.sort();
-        firsts.dedup();
-        assert!(
-            firsts.len() > 32,
-            "64 streams share {} phases",
-            firsts.len()
-        );
+        let mut beats = ticks(period);
+        assert_eq!(beats.tick().await - opened, period);
+        assert_eq!(beats.tick().await - opened, 2 * period);
+        // Polled late: the next is a whole period after the late one.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        beats.tick().await;
+        let late = Instant::now();
+        assert_eq!(beats.tick().await - late, period);
     }
 
     #[test]
