@@ -6,7 +6,7 @@
 //! storm, a benchmark's subscribers) then beat apart, but 10,000 timers
 //! spread over the period wake the runtime's threads some 700 times a
 //! second, and the server's CPU per delivery at 10,000 subscribers × 1
-//! message/s went up by a third (BENCHMARKS.md section 3). Firing together,
+//! message/s went up by 35–50% (BENCHMARKS.md section 3). Firing together,
 //! they are handled in one pass of the timer wheel; and an SSE stream that
 //! was written to during the period writes nothing at its tick
 //! ([`crate::http::sse::SseBody::poll_heartbeat`]), so a busy storm's ticks
