@@ -352,8 +352,7 @@ impl RunningDaemon {
         } else {
             tracing::info!("Every stream drained");
         }
-        self.state.hub.stop_connections();
-        self.shutdown.trigger();
+        self.stop();
         let servers = std::mem::take(&mut self.servers);
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
             for task in servers {
@@ -363,12 +362,17 @@ impl RunningDaemon {
         .await;
         tracing::info!("Stopped");
     }
+
+    /// Stops both servers and closes every stream's connection at once.
+    fn stop(&self) {
+        self.state.hub.stop_connections();
+        self.shutdown.trigger();
+    }
 }
 
 impl Drop for RunningDaemon {
     fn drop(&mut self) {
-        self.state.hub.stop_connections();
-        self.shutdown.trigger();
+        self.stop();
         if let Some(follow) = self.follow.take() {
             follow.abort();
         }

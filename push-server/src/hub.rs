@@ -83,8 +83,7 @@ impl ConnectionControl {
 
     /// Resolves once [`ConnectionControl::cut`] was called.
     pub async fn cut_requested(&self) {
-        self.wait_until(|| self.was_cut.load(Ordering::Acquire))
-            .await;
+        self.wait_until(|| self.was_cut()).await;
     }
 
     /// The connection's link to the io_uring writer.

@@ -634,6 +634,12 @@ mod tests {
         assert!(link.is_task());
         assert_eq!(link.take_back().expect("task").last, id(6));
 
+        // Offered its next id while the writer is busy: back to the task too.
+        assert!(link.park(id(7), SseEventNames::Published));
+        assert_eq!(link.claim(id(7), false), None, "the writer is behind");
+        assert!(link.is_task());
+        assert_eq!(link.take_back().expect("task").last, id(6));
+
         // A partial write leaves the rest; EAGAIN leaves everything.
         for (result, rest) in [(3, &chunk[3..]), (-libc::EAGAIN, &chunk[..])] {
             assert!(link.park(id(7), SseEventNames::Published));

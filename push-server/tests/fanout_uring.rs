@@ -2,8 +2,10 @@
 //! real kernel: order and completeness for many subscribers, a subscriber
 //! that stops reading (its sends come back partial or `EAGAIN`, its task
 //! takes over, its queue bound cuts it) beside subscribers that read, drain
-//! of parked streams, and the fallback to epoll when io_uring is refused (a
-//! child process under a seccomp filter that fails `io_uring_setup`).
+//! of parked streams, no heartbeat on a parked stream the ring writes to, a
+//! stopping server closing direct connections on either path, and the
+//! fallback to epoll when io_uring is refused (a child process under a
+//! seccomp filter that fails `io_uring_setup`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -255,6 +257,80 @@ async fn a_drain_ends_parked_streams_with_the_drain_event() {
     assert!(!subscriber.read_until(|_| false).await);
     assert!(subscriber.raw.ends_with(b"0\r\n\r\n"));
     assert_eq!(subscriber.ids(), vec![id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_stream_the_ring_writes_to_gets_no_heartbeat_and_a_quiet_one_does() {
+    let period = Duration::from_secs(1);
+    let server = start(
+        Settings {
+            heartbeat: period,
+            ..uring()
+        },
+        Vec::new(),
+    )
+    .await;
+    server.publish("t", "first").await;
+    let mut subscriber = server.subscribe("t").await;
+    // A message every 100 ms for three and a half periods, written by the
+    // ring to the parked connection: the task sees none of them, and beats
+    // for none.
+    let mut last = String::new();
+    for i in 0..35 {
+        last = server.publish("t", &format!("message {i}")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        subscriber
+            .read_until(|text| text.contains(&format!("id: {last}\n")))
+            .await
+    );
+    assert!(
+        server.sends("written") >= 10.0,
+        "the messages went through io_uring"
+    );
+    let beats = |raw: &[u8]| {
+        String::from_utf8(dechunk(raw))
+            .unwrap()
+            .lines()
+            .filter(|l| *l == ":")
+            .count()
+    };
+    assert_eq!(beats(&subscriber.raw), 0, "no heartbeat on a busy stream");
+    // Quiet: the parked stream beats again.
+    assert!(
+        subscriber
+            .read_until(|text| text.contains("\r\n:\n\n\r\n"))
+            .await
+    );
+    assert_eq!(beats(&subscriber.raw), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_closes_direct_sse_connections_parked_or_not() {
+    for fanout_io in [FanoutIo::Uring, FanoutIo::Epoll] {
+        let server = start(
+            Settings {
+                fanout_io,
+                ..Settings::default()
+            },
+            Vec::new(),
+        )
+        .await;
+        server.publish("t", "first").await;
+        let mut subscriber = server.subscribe("t").await;
+        let id = server.publish("t", "second").await;
+        assert!(
+            subscriber
+                .read_until(|text| text.contains(&format!("id: {id}\n")))
+                .await
+        );
+        drop(server);
+        assert!(
+            !subscriber.read_until(|_| false).await,
+            "{fanout_io:?}: the connection closes when the server stops"
+        );
+    }
 }
 
 /// The binary in a child process whose `io_uring_setup` fails with EPERM

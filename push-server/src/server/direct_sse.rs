@@ -218,9 +218,7 @@ async fn stream_events(stream: &mut TcpStream, body: &mut SseBody, control: &Con
     let mut grace: Grace = None;
     loop {
         let next = std::future::poll_fn(|cx| {
-            if poll_ended(cx, control, &mut grace).is_ready()
-                || poll_client_gone(cx, stream).is_ready()
-            {
+            if poll_closing(cx, control, &mut grace, stream).is_ready() {
                 return Poll::Ready(Next::Close);
             }
             match http_body::Body::poll_frame(Pin::new(&mut *body), cx) {
@@ -291,6 +289,19 @@ fn poll_ended(cx: &mut Context<'_>, control: &ConnectionControl, grace: &mut Gra
         .get_or_insert_with(|| Box::pin(tokio::time::sleep(CUT_GRACE)))
         .as_mut()
         .poll(cx)
+}
+
+/// Ready when an idle connection is to close: [`poll_ended`], or its client left.
+fn poll_closing(
+    cx: &mut Context<'_>,
+    control: &ConnectionControl,
+    grace: &mut Grace,
+    stream: &TcpStream,
+) -> Poll<()> {
+    if poll_ended(cx, control, grace).is_ready() {
+        return Poll::Ready(());
+    }
+    poll_client_gone(cx, stream)
 }
 
 /// Ready when the client closed its side (or the socket failed). What it
@@ -389,8 +400,7 @@ async fn park(
             std::mem::replace(&mut seen, last) != last
         };
         let open = std::future::poll_fn(|cx| {
-            if poll_ended(cx, control, grace).is_ready() || poll_client_gone(cx, stream).is_ready()
-            {
+            if poll_closing(cx, control, grace, stream).is_ready() {
                 return Poll::Ready(false);
             }
             // The writer's hand-back wakes this task (registered above); a
